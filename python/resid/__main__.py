@@ -1,0 +1,5 @@
+import sys
+
+from resid.cli import main
+
+sys.exit(main())

@@ -1,0 +1,13 @@
+"""resid_ext: validated torch entry points around the compiled kernels in ``resid_ext._C``.
+
+Every public function takes torch tensors on CPU or CUDA, validates them once
+(``_validate.py``), and dispatches to the CPU (OpenMP) or CUDA twin of the kernel.
+"""
+from __future__ import annotations
+
+from resid_ext import _C
+from resid_ext._device import build_info, has_cuda
+
+__version__: str = _C.__version__
+
+__all__ = ["build_info", "has_cuda", "__version__"]
