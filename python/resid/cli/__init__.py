@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # One module per subcommand, in the order `resid --help` lists them.
-COMMANDS = ["info", "embed_text"]
+COMMANDS = ["info", "datasets", "prepare", "embed_text"]
 
 
 def build_parser() -> argparse.ArgumentParser:
