@@ -272,6 +272,12 @@ def test_local_sentence_transformers_folder(tmp_path):
     assert SentenceTransformerEncoder(copy).identity != SentenceTransformerEncoder(model_dir).identity
     # max_seq_length changes the identity (it changes what the model reads)
     assert SentenceTransformerEncoder(model_dir, max_seq_length=8).identity != SentenceTransformerEncoder(model_dir).identity
+    # a word-piece limit changes what the model reads: long texts embed differently, short ones not
+    short = embed_item_texts(ds, encoder=model_dir, max_seq_length=6, use_cache=False, device="cpu", progress=False)
+    assert not np.allclose(short.embeddings[4], res.embeddings[4], atol=1e-3)  # item 4: ~100 chars
+    np.testing.assert_allclose(short.embeddings[3], res.embeddings[3], atol=1e-5)  # "item i3": under 6 pieces
+    with pytest.raises(ValueError, match="max_seq_length applies to sentence-transformers model folders"):
+        resolve_encoder(TrigramEncoder(), max_seq_length=8)
     # the CLI on a prepared dataset folder
     save_prepared(ds, tmp_path / "prep")
     env = {"PYTHONPATH": f"{ROOT / 'python'}:{ROOT}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}

