@@ -121,7 +121,7 @@ def _to_time(ts: pd.Series, source: str) -> pd.Series:
         as_int = num.astype(np.int64)
         return as_int if (as_int == num).all() else num.astype(np.float64)
     try:
-        dt = pd.to_datetime(ts, errors="raise", utc=True)
+        dt = pd.to_datetime(ts, errors="raise", utc=True, format="ISO8601")
         secs = (dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
         return pd.Series(np.asarray(secs, dtype=np.int64), index=ts.index)
     except (ValueError, TypeError):
