@@ -83,8 +83,9 @@ def test_bundled_sample_statistics(prepared, name):
     by_user: dict[str, list[str]] = {}
     for r in ev:
         by_user.setdefault(r[0], []).append(r[1])
-    for u in range(ds.num_users):
-        assert ds.item_ids[ds.sequence(u)].tolist() == [i for i in by_user[ds.user_ids[u]] if i in kept]
+    want = [[i for i in by_user[uid] if i in kept] for uid in ds.user_ids.tolist()]
+    assert ds.seq_lengths().tolist() == [len(w) for w in want]
+    assert ds.item_ids[np.asarray(ds.seq_items)].tolist() == [i for w in want for i in w]
 
 
 @pytest.mark.skipif(not (SHARED / "make_samples.py").is_file(), reason="shared data not present")
