@@ -48,8 +48,9 @@ def prepare(
 
     fields:          categorical item fields to keep, in order (default: all of the raw data's).
     required_fields: items with an empty value in any of these are dropped, as the paper does
-                     (default: all chosen fields; ``[]`` keeps every item, and a missing value
-                     becomes the field's own value "").
+                     (default: all chosen fields, except for the bundled samples, whose
+                     ``dataset.json`` says ``[]``); ``[]`` keeps every item, and a missing
+                     value becomes the field's own value "".
     min_count:       k of the iterative k-core on users and items (paper: 5).
     max_len:         sliding-window length, used for the sample count in ``stats.json``.
     duplicates:      conflicting duplicate item rows: "error" or keep the "first".
@@ -59,9 +60,12 @@ def prepare(
     if max_len < 2:
         raise ValueError(f"prepare: max_len must be >= 2, got {max_len}")
     if not isinstance(raw, RawDataset):
-        from resid.data.builtin import resolve_raw
+        from resid.data.builtin import builtin_defaults, resolve_raw
 
-        raw = read_raw(resolve_raw(raw), format=format, duplicates=duplicates)
+        folder = resolve_raw(raw)
+        if required_fields is None:  # a bundled sample carries its own default (dataset.json)
+            required_fields = builtin_defaults(folder).get("required_fields")
+        raw = read_raw(folder, format=format, duplicates=duplicates)
     decisions = dict(raw.decisions)
     src = raw.name
     available = raw.fields
@@ -118,8 +122,9 @@ def prepare(
     if not keep.any():
         raise ValueError(f"prepare: the {min_count}-core filter left no events of {src} ({len(keep)} events, "
                          f"{len(user_names)} users before it); lower min_count or use more data")
-    decisions["kcore_dropped_users"] = int(len(np.unique(ev_user)) - len(np.unique(ev_user[keep])))
-    decisions["kcore_dropped_items"] = int(len(np.unique(ev_item)) - len(np.unique(ev_item[keep])))
+    user_before, user_after = np.bincount(ev_user) > 0, np.bincount(ev_user[keep], minlength=len(user_names)) > 0
+    decisions["kcore_dropped_users"] = int(user_before.sum() - user_after.sum())
+    decisions["kcore_dropped_items"] = int((np.bincount(ev_item) > 0).sum() - (np.bincount(ev_item[keep]) > 0).sum())
     ev_user, ev_item, ev_time = ev_user[keep], ev_item[keep], ev_time[keep]
 
     # 4. keep items with events (file order) and users (order of first appearance)
@@ -127,11 +132,9 @@ def prepare(
     item_kept[ev_item] = True
     new_item = np.cumsum(item_kept) - 1
     ev_item = new_item[ev_item]
-    user_codes, user_first = np.unique(ev_user, return_index=True)
-    user_rank = np.empty(int(ev_user.max()) + 1, dtype=np.int64)
-    user_rank[user_codes[np.argsort(user_first, kind="stable")]] = np.arange(len(user_codes))
-    ev_user = user_rank[ev_user]
-    user_ids = np.asarray(user_names)[user_codes[np.argsort(user_first, kind="stable")]].astype(str)
+    # factorize numbered users by first appearance; the k-core keeps that relative order
+    ev_user = (np.cumsum(user_after) - 1)[ev_user]
+    user_ids = np.asarray(user_names)[user_after].astype(str)
 
     # 5. chronological sequences; stable sorts keep the file order of equal timestamps
     order = np.argsort(ev_time, kind="stable")
@@ -187,7 +190,8 @@ def _stats(
     n_ev = len(ds.seq_items)
     lengths = ds.seq_lengths()
     user_of = np.repeat(np.arange(ds.num_users, dtype=np.int64), lengths)
-    dup_pairs = n_ev - len(np.unique(user_of * ds.num_items + np.asarray(ds.seq_items)))
+    keys = np.sort(user_of * ds.num_items + np.asarray(ds.seq_items))
+    dup_pairs = int((keys[1:] == keys[:-1]).sum())
     eval_only = ds.eval_only_items()
     stats: dict[str, Any] = {
         "name": ds.name,
@@ -204,7 +208,7 @@ def _stats(
         "missing_values": missing_values,
         "raw_items": int(len(raw.items)),
         "raw_events": int(len(raw.events)),
-        "raw_users": int(raw.events["user_id"].nunique()),
+        "raw_users": int(len(pd.unique(raw.events["user_id"].to_numpy()))),
         "settings": {"required_fields": required, "min_count": min_count, "max_len": max_len},
         "duplicate_user_item_pairs": int(dup_pairs),
         "valid_users": int((lengths >= 3).sum()),
