@@ -123,8 +123,11 @@ def _open_text(path: Path) -> io.TextIOBase:
 def _jsonl(path: Path, decisions: dict[str, int], on_bad_line: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) per non-blank line. A malformed line raises naming its line
     (``on_bad_line="error"``) or is skipped and counted (``"skip"``)."""
+    from tqdm.auto import tqdm
+
     with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
+        lines = tqdm(f, desc=f"reading {path.name}", unit=" lines", disable=None, leave=False)  # stderr, off when not a tty
+        for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
