@@ -165,3 +165,16 @@ def test_cli_prints_one_line_errors(tmp_path, capsys):
     assert main(["prepare", str(tmp_path), str(tmp_path / "out"), "--min-count", "7", "--quiet"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("resid prepare: error: prepare: the 7-core filter left no events") and "Traceback" not in err
+
+
+def test_output_folder_that_is_not_a_dataset_is_never_replaced(tmp_path):
+    tidy(tmp_path)
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="exists and is not a prepared dataset"):
+        prepare(tmp_path, precious)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    prepare(tmp_path, tmp_path / "out")
+    prepare(tmp_path, tmp_path / "out", min_count=1)  # a prepared dataset is replaced
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["settings"]["min_count"] == 1

@@ -59,7 +59,7 @@ def test_amazon2023_reader(tmp_path):
     assert raw.items.values.tolist() == [
         ["B01", "Acme", "Lab", "Glass", "Beakers"], ["B02", "Acme", "Lab", "Glass", ""],
         ["B03", "", "Tapes, Adhesives & Sealants", "Tapes", "Duct"], ["B04", "Zed", "", "", ""]]
-    assert raw.decisions["category_root_dropped"] == 1
+    assert raw.decisions["category_root_dropped"] == 1 and raw.decisions["category_paths_other_root"] == 0
     assert raw.texts["title"].tolist() == ["Beaker 250 ml", "Flask", "Tape", "Widget"]
     assert raw.texts["description"].tolist()[0] == "Borosilicate. Pack of 2."
     assert raw.events["timestamp"].dtype == np.int64
@@ -71,6 +71,18 @@ def test_amazon2023_reader(tmp_path):
     assert ds.item_texts.tolist() == ["Beaker 250 ml\nBorosilicate. Pack of 2.", "Flask", "Tape"]
     # paper rule: items lacking any field dropped (B02 has no cat3, B03 no store)
     assert prepare(raw, min_count=1).item_ids.tolist() == ["B01"]
+
+
+def test_category_root_rule():
+    from resid.data.readers import _split_levels
+
+    d = {}
+    paths = [["R", "a", "b"]] * 9 + [["Other", "x"]]  # 90% share the root -> drop level 1 everywhere
+    assert _split_levels(paths, 2, d, "t") == [["a", "b"]] * 9 + [["x", ""]]
+    assert d == {"category_root_dropped": 1, "category_paths_other_root": 1}
+    d = {}
+    paths = [["R", "a"]] * 8 + [["S", "x"]] * 2  # 80%: no shared root, nothing dropped
+    assert _split_levels(paths, 3, d, "t") == [["R", "a", ""]] * 8 + [["S", "x", ""]] * 2 and d == {}
 
 
 def test_amazon2023_plain_jsonl(tmp_path):

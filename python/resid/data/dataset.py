@@ -195,8 +195,12 @@ def _atomic_dir(target: Path) -> Path:
 
 def save_prepared(ds: PreparedDataset, out_dir: str | os.PathLike[str]) -> Path:
     """Write ``ds`` to ``out_dir`` atomically: a temporary sibling folder is filled, then
-    renamed; an existing ``out_dir`` is replaced only once the new one is complete."""
+    renamed; an existing ``out_dir`` is replaced only once the new one is complete, and only if
+    it is a prepared dataset or an empty folder."""
     out = Path(out_dir)
+    if out.exists() and not (is_prepared(out) or (out.is_dir() and not any(out.iterdir()))):
+        # never replace (and delete) a folder that is not a prepared dataset
+        raise FileExistsError(f"save_prepared: {out} exists and is not a prepared dataset; choose another output folder")
     tmp = _atomic_dir(out)
     try:
         meta = {

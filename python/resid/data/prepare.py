@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from resid.data.dataset import ITEM_FIELD, PreparedDataset, save_prepared
+from resid.data.dataset import ITEM_FIELD, PreparedDataset, is_prepared, save_prepared
 from resid.data.raw import TEXT_COLUMNS, RawDataset, decide, log
 from resid.data.readers import read_raw
 
@@ -59,6 +59,10 @@ def prepare(
         raise ValueError(f"prepare: min_count must be >= 1, got {min_count}")
     if max_len < 2:
         raise ValueError(f"prepare: max_len must be >= 2, got {max_len}")
+    if out_dir is not None:  # fail before the work, not after (save_prepared checks again)
+        out = Path(out_dir)
+        if out.exists() and not (is_prepared(out) or (out.is_dir() and not any(out.iterdir()))):
+            raise FileExistsError(f"prepare: {out} exists and is not a prepared dataset; choose another output folder")
     if not isinstance(raw, RawDataset):
         from resid.data.builtin import builtin_defaults, resolve_raw
 

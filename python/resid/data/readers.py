@@ -24,6 +24,7 @@ import gzip
 import io
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -152,14 +153,20 @@ def _load_json(path: Path) -> Any:
 
 
 def _split_levels(paths: list[list[str]], levels: int, decisions: dict[str, int], source: str) -> list[list[str]]:
-    """Category paths -> the first ``levels`` levels, "" padded. A root shared by every
-    non-empty path carries no information and is dropped (counted as a decision)."""
-    firsts = {p[0] for p in paths if p}
-    if len(firsts) == 1 and sum(1 for p in paths if p) > 1:
-        root = next(iter(firsts))
-        log.info("%s: dropped the category root %r shared by every item", source, root)
-        decisions["category_root_dropped"] = 1
-        paths = [p[1:] for p in paths]
+    """Category paths -> the first ``levels`` levels, "" padded. When one root value starts at
+    least 90% of the non-empty paths (the store root, e.g. "Industrial & Scientific"), it
+    carries no information: the first level of every path is dropped, so cat1 always means
+    "the level below the root". Paths under another root are counted (logged)."""
+    firsts = Counter(p[0] for p in paths if p)
+    non_empty = sum(firsts.values())
+    if firsts and non_empty > 1:
+        root, n = firsts.most_common(1)[0]
+        if n >= 0.9 * non_empty:
+            log.info("%s: dropped the category root %r (first level of %d of %d paths)", source, root, n, non_empty)
+            decisions["category_root_dropped"] = 1
+            decide(decisions, "category_paths_other_root", non_empty - n,
+                   f"{source}: {non_empty - n} category paths start with another root than {root!r}; their first level was dropped too")
+            paths = [p[1:] for p in paths]
     return [(p + [""] * levels)[:levels] for p in paths]
 
 
