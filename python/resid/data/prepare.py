@@ -100,7 +100,7 @@ def prepare(
     row_of = pd.Index(items[ITEM_FIELD]).get_indexer(events[ITEM_FIELD])
     unknown_ev = row_of < 0
     decide(decisions, "events_on_unknown_items", int(unknown_ev.sum()),
-           f"{src}: dropped {int(unknown_ev.sum())} events on items absent from the item table")
+           f"{src}: dropped {int(unknown_ev.sum())} events on items absent from the item table", warn=True)
     dropped_ev = ~unknown_ev & lacking[np.maximum(row_of, 0)]
     decide(decisions, "events_on_dropped_items", int(dropped_ev.sum()),
            f"{src}: dropped {int(dropped_ev.sum())} events on items dropped for missing fields")

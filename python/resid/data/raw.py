@@ -39,11 +39,12 @@ class RawDataset:
         return [c for c in self.items.columns if c != "item_id"]
 
 
-def decide(decisions: dict[str, int], key: str, count: int, message: str) -> None:
-    """Record a counted decision and log it (only when something happened)."""
+def decide(decisions: dict[str, int], key: str, count: int, message: str, warn: bool = False) -> None:
+    """Record a counted decision and log it when something happened: INFO for steps of the
+    protocol (k-core, field filtering), WARNING (``warn``) for defects of the input data."""
     decisions[key] = decisions.get(key, 0) + int(count)
     if count:
-        log.info(message)
+        log.log(logging.WARNING if warn else logging.INFO, message)
 
 
 def finish_items(
@@ -65,7 +66,7 @@ def finish_items(
     dup = items.duplicated("item_id", keep="first")
     if dup.any():
         exact = items.duplicated(keep="first")
-        decide(decisions, "duplicate_item_rows_identical", int(exact.sum()), f"{source}: dropped {int(exact.sum())} identical duplicate item rows")
+        decide(decisions, "duplicate_item_rows_identical", int(exact.sum()), f"{source}: dropped {int(exact.sum())} identical duplicate item rows", warn=True)
         items = items[~exact]
         conflict = items.duplicated("item_id", keep=False)
         if conflict.any():
@@ -77,7 +78,7 @@ def finish_items(
                     f"{ids[0]!r}: {example.drop(columns='item_id').to_dict('records')}; fix the file or pass duplicates='first'"
                 )
             n = int(items.duplicated("item_id", keep="first").sum())
-            decide(decisions, "duplicate_item_rows_conflicting", n, f"{source}: kept the first of conflicting rows, dropped {n} rows for {len(ids)} item ids")
+            decide(decisions, "duplicate_item_rows_conflicting", n, f"{source}: kept the first of conflicting rows, dropped {n} rows for {len(ids)} item ids", warn=True)
             items = items[~items.duplicated("item_id", keep="first")]
     return items.reset_index(drop=True)
 
@@ -101,8 +102,8 @@ def finish_events(events: pd.DataFrame, source: str, decisions: dict[str, int]) 
     ts = events["timestamp"]
     missing_ts = ts.isna().to_numpy() | (ts.astype(str).str.strip() == "").to_numpy()
     missing_id = ((events["user_id"] == "") | (events["item_id"] == "")).to_numpy()
-    decide(decisions, "events_missing_timestamp", int(missing_ts.sum()), f"{source}: dropped {int(missing_ts.sum())} events with no timestamp")
-    decide(decisions, "events_missing_id", int((missing_id & ~missing_ts).sum()), f"{source}: dropped {int((missing_id & ~missing_ts).sum())} events with an empty user_id or item_id")
+    decide(decisions, "events_missing_timestamp", int(missing_ts.sum()), f"{source}: dropped {int(missing_ts.sum())} events with no timestamp", warn=True)
+    decide(decisions, "events_missing_id", int((missing_id & ~missing_ts).sum()), f"{source}: dropped {int((missing_id & ~missing_ts).sum())} events with an empty user_id or item_id", warn=True)
     events = events[~(missing_ts | missing_id)].reset_index(drop=True)
     if len(events) == 0:
         raise ValueError(f"{source}: no event has a user_id, an item_id and a timestamp")

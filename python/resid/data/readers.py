@@ -138,7 +138,7 @@ def _jsonl(path: Path, decisions: dict[str, int], on_bad_line: str) -> Iterator[
             except ValueError as e:
                 if on_bad_line == "error":
                     raise ValueError(f"{path}:{lineno}: malformed JSON line ({e}); pass on_bad_line='skip' to drop such lines") from None
-                decide(decisions, "malformed_json_lines", 1, f"{path}:{lineno}: skipped a malformed JSON line")
+                decide(decisions, "malformed_json_lines", 1, f"{path}:{lineno}: skipped a malformed JSON line", warn=True)
                 continue
             yield lineno, obj
 
