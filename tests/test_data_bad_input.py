@@ -143,6 +143,8 @@ def test_item_filter_leaving_nothing_and_bad_settings(tmp_path):
         prepare(tmp_path, fields=["colour"])
     with pytest.raises(ValueError, match=r"required_fields \['colour'\] are not among the chosen fields"):
         prepare(tmp_path, required_fields=["colour"])
+    with pytest.raises(ValueError, match="lists of names"):
+        prepare(tmp_path, fields="brand")
     with pytest.raises(ValueError, match="min_count must be >= 1"):
         prepare(tmp_path, min_count=0)
 

@@ -73,6 +73,8 @@ def prepare(
     decisions = dict(raw.decisions)
     src = raw.name
     available = raw.fields
+    if isinstance(fields, str) or isinstance(required_fields, str):
+        raise ValueError("prepare: fields and required_fields are lists of names, e.g. ['brand', 'cat1'], not one string")
     if fields is None:
         fields = available
     fields = [f for f in fields if f]  # tolerate "a,,b" from the CLI
