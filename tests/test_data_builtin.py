@@ -5,7 +5,6 @@ import gzip
 import importlib.util
 import io
 import json
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +158,13 @@ def test_cli_datasets_and_prepare(tmp_path, capsys):
                  "--required-fields", "brand", "--quiet"]) == 0
     st = json.loads(capsys.readouterr().out)
     assert st["fields"] == ["item_id", "brand", "cat1"] and st["decisions"]["items_dropped_missing_fields"] == 12
+
+
+def test_default_cache_dir_honours_env(tmp_path, monkeypatch):
+    from resid.data import default_cache_dir
+
+    monkeypatch.setenv("RESID_CACHE_DIR", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c" / "prepared" and (tmp_path / "c" / "prepared").is_dir()
+    ds = open_dataset("builtin:amazon-grocery")
+    assert ds.path.parent == tmp_path / "c" / "prepared" and ds.path.name.startswith("amazon-grocery-")
+    assert open_dataset("builtin:amazon-grocery", refresh=True).stats == ds.stats

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -61,9 +62,18 @@ def resolve_raw(spec: str | os.PathLike[str]) -> Path:
 
 
 def default_cache_dir() -> Path:
-    """``$RESID_CACHE_DIR/prepared`` if set, else ``~/.cache/resid/prepared``."""
+    """``$RESID_CACHE_DIR/prepared`` if set, else ``~/.cache/resid/prepared``; when that cannot
+    be created (read-only home), ``<tmp>/resid-cache-<uid>/prepared``."""
     root = os.environ.get("RESID_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "resid") / "prepared"
+    path = (Path(root) if root else Path.home() / ".cache" / "resid") / "prepared"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        if root:  # an explicit setting that does not work is the user's to fix
+            raise
+        path = Path(tempfile.gettempdir()) / f"resid-cache-{os.getuid() if hasattr(os, 'getuid') else 0}" / "prepared"
+        path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _fingerprint(folder: Path) -> list[tuple[str, int, int]]:
