@@ -51,6 +51,17 @@ def test_wrong_types(tmp_path):
     (d / "X.jsonl").write_text(json.dumps({"user_id": "u", "parent_asin": "A", "timestamp": "May 1"}) + "\n")
     with pytest.raises(ValueError, match=r"X.jsonl:1: 'timestamp' must be a number"):
         read_raw(d)
+    pq = tmp_path / "pq"
+    pq.mkdir()
+    import pandas as pd
+
+    pd.DataFrame({"item_id": ["a"], "cats": [["x", "y"]]}).to_parquet(pq / "items.parquet")
+    pd.DataFrame({"user_id": ["u"], "item_id": ["a"], "timestamp": [True]}).to_parquet(pq / "events.parquet")
+    with pytest.raises(ValueError, match=r"items.parquet: column 'cats' must hold one value per item, row 0 holds"):
+        read_raw(pq)
+    pd.DataFrame({"item_id": ["a"], "cat": ["x"]}).to_parquet(pq / "items.parquet")
+    with pytest.raises(ValueError, match=r"events.parquet: column 'timestamp' must be numeric .*booleans"):
+        read_raw(pq)
     lc = tmp_path / "lc"
     lc.mkdir()
     (lc / "S.inter.json").write_text(json.dumps({"0": "1"}))

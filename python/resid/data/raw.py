@@ -59,6 +59,14 @@ def finish_items(
         raise ValueError(f"{source}: the item table is empty")
     items = items.copy()
     for c in items.columns:
+        nested = (items[c].map(lambda v: isinstance(v, (list, tuple, dict, np.ndarray))).to_numpy()
+                  if items[c].dtype == object else np.zeros(len(items), dtype=bool))  # only object columns can nest
+        if nested.any():
+            r = int(np.argmax(nested))
+            raise ValueError(
+                f"{source}: column {c!r} must hold one value per item, row {r} holds {type(items[c].iloc[r]).__name__} "
+                f"{items[c].iloc[r]!r}; split it into one column per level (e.g. cat1, cat2, cat3)"
+            )
         items[c] = _clean_str(items[c])
     blank = items["item_id"] == ""
     if blank.any():
@@ -112,6 +120,8 @@ def finish_events(events: pd.DataFrame, source: str, decisions: dict[str, int]) 
 
 
 def _to_time(ts: pd.Series, source: str) -> pd.Series:
+    if pd.api.types.is_bool_dtype(ts):
+        raise ValueError(f"{source}: column 'timestamp' must be numeric (or ISO dates), got booleans")
     if pd.api.types.is_numeric_dtype(ts) and not pd.api.types.is_bool_dtype(ts):
         if pd.api.types.is_integer_dtype(ts):
             return ts.astype(np.int64)
