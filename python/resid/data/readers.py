@@ -82,12 +82,16 @@ def _find(d: Path, stem: str) -> Path | None:
     return None
 
 
-def _read_table(path: Path, required: list[str]) -> pd.DataFrame:
+def _read_table(path: Path, required: list[str], numeric: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Every column as str ("" = missing) except ``numeric`` ones, which the CSV parser may
+    type itself (fast for clean int columns; a column with blanks or text stays str)."""
     try:
         if path.name.endswith(".parquet"):
             df = pd.read_parquet(path)
         else:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+            header = pd.read_csv(path, nrows=0).columns
+            dtypes = {c: str for c in header if c not in numeric}
+            df = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_filter=False)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path}: the file is empty (no header)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
@@ -110,7 +114,7 @@ def read_tidy(d: Path, duplicates: str = "error") -> RawDataset:
     items = finish_items(items, str(items_path), decisions, duplicates)
     texts = items[text_cols].reset_index(drop=True) if text_cols else None
     items = items.drop(columns=text_cols)
-    events = finish_events(_read_table(events_path, ["user_id", "item_id", "timestamp"]), str(events_path), decisions)
+    events = finish_events(_read_table(events_path, ["user_id", "item_id", "timestamp"], numeric=("timestamp",)), str(events_path), decisions)
     return RawDataset(name=d.name, format="tidy", items=items, events=events, texts=texts, decisions=decisions)
 
 
