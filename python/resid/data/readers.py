@@ -308,8 +308,6 @@ def _read_atomic(path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
 def read_recbole(d: Path, seq_values: int = 3, duplicates: str = "error") -> RawDataset:
     inter_path = _one(d, ".inter")
     item_path = inter_path.with_name(inter_path.name[: -len(".inter")] + ".item")
-    if not item_path.is_file():
-        raise FileNotFoundError(f"{d}: found {inter_path.name} but no {item_path.name}")
     decisions: dict[str, int] = {}
     inter, itypes = _read_atomic(inter_path)
     for col in ("user_id", "item_id"):
@@ -320,6 +318,12 @@ def read_recbole(d: Path, seq_values: int = 3, duplicates: str = "error") -> Raw
         decisions["timestamps_from_file_order"] = 1
         inter["timestamp"] = np.arange(len(inter), dtype=np.int64)
     events = finish_events(inter, str(inter_path), decisions)
+    if not item_path.is_file():
+        # interactions only (common for RecBole datasets): items are the event items, no fields
+        log.warning("%s: no %s; items get no fields besides item_id", d, item_path.name)
+        decisions["no_item_file"] = 1
+        items = pd.DataFrame({"item_id": pd.unique(events["item_id"].to_numpy())}, dtype=object)
+        return RawDataset(name=inter_path.name[: -len(".inter")], format="recbole", items=items, events=events, decisions=decisions)
     meta, types = _read_atomic(item_path)
     if "item_id" not in meta.columns:
         raise ValueError(f"{item_path}: missing column 'item_id'; it has {list(meta.columns)}")
