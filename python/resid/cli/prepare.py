@@ -29,15 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from resid.data.builtin import BUILTIN_PREFIX, builtin_info
     from resid.data.prepare import prepare
 
     if not args.quiet:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    required = _names(args.required_fields)
-    if required is None and args.raw.startswith(BUILTIN_PREFIX):
-        required = builtin_info(args.raw[len(BUILTIN_PREFIX):]).get("prepare", {}).get("required_fields")
-    ds = prepare(args.raw, args.out, fields=_names(args.fields), required_fields=required, min_count=args.min_count,
+    ds = prepare(args.raw, args.out, fields=_names(args.fields), required_fields=_names(args.required_fields), min_count=args.min_count,
                  max_len=args.max_len, format=args.format, duplicates=args.duplicates)
     print(json.dumps(ds.stats, indent=2))
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,6 +39,14 @@ def builtin_info(name: str) -> dict[str, Any]:
     raise FileNotFoundError(f"no builtin dataset {name!r}; available: {', '.join('builtin:' + n for n in names)}")
 
 
+def builtin_defaults(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``prepare`` settings a bundled dataset folder declares ({} for any other folder)."""
+    p = Path(folder).resolve()
+    if p.parent == DATASETS_DIR and (p / "dataset.json").is_file():
+        return dict(json.loads((p / "dataset.json").read_text()).get("prepare", {}))
+    return {}
+
+
 def resolve_raw(spec: str | os.PathLike[str]) -> Path:
     """``builtin:<name>`` -> the bundled folder; a path -> that path (which must exist). A bare
     builtin name is accepted when no file or folder of that name exists."""
@@ -53,9 +62,18 @@ def resolve_raw(spec: str | os.PathLike[str]) -> Path:
 
 
 def default_cache_dir() -> Path:
-    """``$RESID_CACHE_DIR/prepared`` if set, else ``~/.cache/resid/prepared``."""
+    """``$RESID_CACHE_DIR/prepared`` if set, else ``~/.cache/resid/prepared``; when that cannot
+    be created (read-only home), ``<tmp>/resid-cache-<uid>/prepared``."""
     root = os.environ.get("RESID_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "resid") / "prepared"
+    path = (Path(root) if root else Path.home() / ".cache" / "resid") / "prepared"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        if root:  # an explicit setting that does not work is the user's to fix
+            raise
+        path = Path(tempfile.gettempdir()) / f"resid-cache-{os.getuid() if hasattr(os, 'getuid') else 0}" / "prepared"
+        path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _fingerprint(folder: Path) -> list[tuple[str, int, int]]:
@@ -86,8 +104,8 @@ def open_dataset(
         return load_prepared(Path(s).expanduser())
     folder = resolve_raw(spec)
     name = folder.name
-    if folder.resolve().parent == DATASETS_DIR and required_fields is None:
-        required_fields = builtin_info(name).get("prepare", {}).get("required_fields")
+    if required_fields is None:
+        required_fields = builtin_defaults(folder).get("required_fields")
     settings = {
         "fields": None if fields is None else list(fields),
         "required_fields": None if required_fields is None else list(required_fields),
@@ -97,6 +115,11 @@ def open_dataset(
     out = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     out = out / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if refresh or not is_prepared(out):
-        prepare(folder, out, fields=fields, required_fields=required_fields, min_count=min_count,
-                max_len=max_len, format=format, name=name)
+        try:
+            prepare(folder, out, fields=fields, required_fields=required_fields, min_count=min_count,
+                    max_len=max_len, format=format, name=name)
+        except OSError:
+            # another process renamed its identical copy into place first: use that one
+            if refresh or not is_prepared(out):
+                raise
     return load_prepared(out)

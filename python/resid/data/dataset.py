@@ -176,11 +176,15 @@ def _windows(items: np.ndarray, stops: np.ndarray, starts: np.ndarray, max_len: 
     ``max_len``. ``stops``/``starts``: [R] absolute positions. Returns int64 [R, max_len]."""
     if len(stops) == 0:
         return np.empty((0, max_len), dtype=np.int64)
-    idx = stops[:, None] - max_len + np.arange(max_len, dtype=np.int64)[None, :]  # [R, max_len]
-    valid = idx >= starts[:, None]
-    out = np.asarray(items)[np.where(valid, idx, 0)].astype(np.int64)
-    out[~valid] = -1
-    return out
+    # Gather from [-1, items...] so that out-of-window slots read the -1 at index 0 in the same
+    # pass; int32 indices halve the memory traffic of the [R, max_len] index array.
+    ext = np.empty(len(items) + 1, dtype=np.int64)
+    ext[0] = -1
+    ext[1:] = items
+    dt = np.int32 if len(ext) + max_len < 2**31 else np.int64
+    idx = (np.asarray(stops) - max_len + 1).astype(dt)[:, None] + np.arange(max_len, dtype=dt)[None, :]
+    idx = np.where(idx > np.asarray(starts).astype(dt)[:, None], idx, 0)  # shifted: pos >= start
+    return ext[idx]
 
 
 # ---- persistence ------------------------------------------------------------------------
@@ -191,8 +195,12 @@ def _atomic_dir(target: Path) -> Path:
 
 def save_prepared(ds: PreparedDataset, out_dir: str | os.PathLike[str]) -> Path:
     """Write ``ds`` to ``out_dir`` atomically: a temporary sibling folder is filled, then
-    renamed; an existing ``out_dir`` is replaced only once the new one is complete."""
+    renamed; an existing ``out_dir`` is replaced only once the new one is complete, and only if
+    it is a prepared dataset or an empty folder."""
     out = Path(out_dir)
+    if out.exists() and not (is_prepared(out) or (out.is_dir() and not any(out.iterdir()))):
+        # never replace (and delete) a folder that is not a prepared dataset
+        raise FileExistsError(f"save_prepared: {out} exists and is not a prepared dataset; choose another output folder")
     tmp = _atomic_dir(out)
     try:
         meta = {

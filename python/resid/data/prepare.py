@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from resid.data.dataset import ITEM_FIELD, PreparedDataset, save_prepared
+from resid.data.dataset import ITEM_FIELD, PreparedDataset, is_prepared, save_prepared
 from resid.data.raw import TEXT_COLUMNS, RawDataset, decide, log
 from resid.data.readers import read_raw
 
@@ -48,8 +48,9 @@ def prepare(
 
     fields:          categorical item fields to keep, in order (default: all of the raw data's).
     required_fields: items with an empty value in any of these are dropped, as the paper does
-                     (default: all chosen fields; ``[]`` keeps every item, and a missing value
-                     becomes the field's own value "").
+                     (default: all chosen fields, except for the bundled samples, whose
+                     ``dataset.json`` says ``[]``); ``[]`` keeps every item, and a missing
+                     value becomes the field's own value "".
     min_count:       k of the iterative k-core on users and items (paper: 5).
     max_len:         sliding-window length, used for the sample count in ``stats.json``.
     duplicates:      conflicting duplicate item rows: "error" or keep the "first".
@@ -58,13 +59,22 @@ def prepare(
         raise ValueError(f"prepare: min_count must be >= 1, got {min_count}")
     if max_len < 2:
         raise ValueError(f"prepare: max_len must be >= 2, got {max_len}")
+    if out_dir is not None:  # fail before the work, not after (save_prepared checks again)
+        out = Path(out_dir)
+        if out.exists() and not (is_prepared(out) or (out.is_dir() and not any(out.iterdir()))):
+            raise FileExistsError(f"prepare: {out} exists and is not a prepared dataset; choose another output folder")
     if not isinstance(raw, RawDataset):
-        from resid.data.builtin import resolve_raw
+        from resid.data.builtin import builtin_defaults, resolve_raw
 
-        raw = read_raw(resolve_raw(raw), format=format, duplicates=duplicates)
+        folder = resolve_raw(raw)
+        if required_fields is None:  # a bundled sample carries its own default (dataset.json)
+            required_fields = builtin_defaults(folder).get("required_fields")
+        raw = read_raw(folder, format=format, duplicates=duplicates)
     decisions = dict(raw.decisions)
     src = raw.name
     available = raw.fields
+    if isinstance(fields, str) or isinstance(required_fields, str):
+        raise ValueError("prepare: fields and required_fields are lists of names, e.g. ['brand', 'cat1'], not one string")
     if fields is None:
         fields = available
     fields = [f for f in fields if f]  # tolerate "a,,b" from the CLI
@@ -92,7 +102,7 @@ def prepare(
     row_of = pd.Index(items[ITEM_FIELD]).get_indexer(events[ITEM_FIELD])
     unknown_ev = row_of < 0
     decide(decisions, "events_on_unknown_items", int(unknown_ev.sum()),
-           f"{src}: dropped {int(unknown_ev.sum())} events on items absent from the item table")
+           f"{src}: dropped {int(unknown_ev.sum())} events on items absent from the item table", warn=True)
     dropped_ev = ~unknown_ev & lacking[np.maximum(row_of, 0)]
     decide(decisions, "events_on_dropped_items", int(dropped_ev.sum()),
            f"{src}: dropped {int(dropped_ev.sum())} events on items dropped for missing fields")
@@ -118,8 +128,9 @@ def prepare(
     if not keep.any():
         raise ValueError(f"prepare: the {min_count}-core filter left no events of {src} ({len(keep)} events, "
                          f"{len(user_names)} users before it); lower min_count or use more data")
-    decisions["kcore_dropped_users"] = int(len(np.unique(ev_user)) - len(np.unique(ev_user[keep])))
-    decisions["kcore_dropped_items"] = int(len(np.unique(ev_item)) - len(np.unique(ev_item[keep])))
+    user_before, user_after = np.bincount(ev_user) > 0, np.bincount(ev_user[keep], minlength=len(user_names)) > 0
+    decisions["kcore_dropped_users"] = int(user_before.sum() - user_after.sum())
+    decisions["kcore_dropped_items"] = int((np.bincount(ev_item) > 0).sum() - (np.bincount(ev_item[keep]) > 0).sum())
     ev_user, ev_item, ev_time = ev_user[keep], ev_item[keep], ev_time[keep]
 
     # 4. keep items with events (file order) and users (order of first appearance)
@@ -127,11 +138,9 @@ def prepare(
     item_kept[ev_item] = True
     new_item = np.cumsum(item_kept) - 1
     ev_item = new_item[ev_item]
-    user_codes, user_first = np.unique(ev_user, return_index=True)
-    user_rank = np.empty(int(ev_user.max()) + 1, dtype=np.int64)
-    user_rank[user_codes[np.argsort(user_first, kind="stable")]] = np.arange(len(user_codes))
-    ev_user = user_rank[ev_user]
-    user_ids = np.asarray(user_names)[user_codes[np.argsort(user_first, kind="stable")]].astype(str)
+    # factorize numbered users by first appearance; the k-core keeps that relative order
+    ev_user = (np.cumsum(user_after) - 1)[ev_user]
+    user_ids = np.asarray(user_names)[user_after].astype(str)
 
     # 5. chronological sequences; stable sorts keep the file order of equal timestamps
     order = np.argsort(ev_time, kind="stable")
@@ -187,7 +196,8 @@ def _stats(
     n_ev = len(ds.seq_items)
     lengths = ds.seq_lengths()
     user_of = np.repeat(np.arange(ds.num_users, dtype=np.int64), lengths)
-    dup_pairs = n_ev - len(np.unique(user_of * ds.num_items + np.asarray(ds.seq_items)))
+    keys = np.sort(user_of * ds.num_items + np.asarray(ds.seq_items))
+    dup_pairs = int((keys[1:] == keys[:-1]).sum())
     eval_only = ds.eval_only_items()
     stats: dict[str, Any] = {
         "name": ds.name,
@@ -204,7 +214,7 @@ def _stats(
         "missing_values": missing_values,
         "raw_items": int(len(raw.items)),
         "raw_events": int(len(raw.events)),
-        "raw_users": int(raw.events["user_id"].nunique()),
+        "raw_users": int(len(pd.unique(raw.events["user_id"].to_numpy()))),
         "settings": {"required_fields": required, "min_count": min_count, "max_len": max_len},
         "duplicate_user_item_pairs": int(dup_pairs),
         "valid_users": int((lengths >= 3).sum()),

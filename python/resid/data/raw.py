@@ -39,11 +39,12 @@ class RawDataset:
         return [c for c in self.items.columns if c != "item_id"]
 
 
-def decide(decisions: dict[str, int], key: str, count: int, message: str) -> None:
-    """Record a counted decision and log it (only when something happened)."""
+def decide(decisions: dict[str, int], key: str, count: int, message: str, warn: bool = False) -> None:
+    """Record a counted decision and log it when something happened: INFO for steps of the
+    protocol (k-core, field filtering), WARNING (``warn``) for defects of the input data."""
     decisions[key] = decisions.get(key, 0) + int(count)
     if count:
-        log.info(message)
+        log.log(logging.WARNING if warn else logging.INFO, message)
 
 
 def finish_items(
@@ -58,6 +59,14 @@ def finish_items(
         raise ValueError(f"{source}: the item table is empty")
     items = items.copy()
     for c in items.columns:
+        nested = (items[c].map(lambda v: isinstance(v, (list, tuple, dict, np.ndarray))).to_numpy()
+                  if items[c].dtype == object else np.zeros(len(items), dtype=bool))  # only object columns can nest
+        if nested.any():
+            r = int(np.argmax(nested))
+            raise ValueError(
+                f"{source}: column {c!r} must hold one value per item, row {r} holds {type(items[c].iloc[r]).__name__} "
+                f"{items[c].iloc[r]!r}; split it into one column per level (e.g. cat1, cat2, cat3)"
+            )
         items[c] = _clean_str(items[c])
     blank = items["item_id"] == ""
     if blank.any():
@@ -65,7 +74,7 @@ def finish_items(
     dup = items.duplicated("item_id", keep="first")
     if dup.any():
         exact = items.duplicated(keep="first")
-        decide(decisions, "duplicate_item_rows_identical", int(exact.sum()), f"{source}: dropped {int(exact.sum())} identical duplicate item rows")
+        decide(decisions, "duplicate_item_rows_identical", int(exact.sum()), f"{source}: dropped {int(exact.sum())} identical duplicate item rows", warn=True)
         items = items[~exact]
         conflict = items.duplicated("item_id", keep=False)
         if conflict.any():
@@ -77,15 +86,25 @@ def finish_items(
                     f"{ids[0]!r}: {example.drop(columns='item_id').to_dict('records')}; fix the file or pass duplicates='first'"
                 )
             n = int(items.duplicated("item_id", keep="first").sum())
-            decide(decisions, "duplicate_item_rows_conflicting", n, f"{source}: kept the first of conflicting rows, dropped {n} rows for {len(ids)} item ids")
+            decide(decisions, "duplicate_item_rows_conflicting", n, f"{source}: kept the first of conflicting rows, dropped {n} rows for {len(ids)} item ids", warn=True)
             items = items[~items.duplicated("item_id", keep="first")]
     return items.reset_index(drop=True)
 
 
 def _clean_str(col: pd.Series) -> pd.Series:
-    """Cells as plain Python str with surrounding whitespace stripped; NaN/None -> ""."""
+    """Cells as str with surrounding whitespace stripped; NaN/None -> "". Integral floats
+    (an int column with nulls, from parquet) print as ints: 3.0 -> "3"."""
+    if pd.api.types.is_string_dtype(col) and col.dtype != object:  # vectorised (pyarrow strings)
+        return col.fillna("").str.strip().astype(object)
+    if pd.api.types.is_float_dtype(col):
+        f = col.astype(np.float64)
+        ok = f.notna()
+        if bool((f[ok] == np.floor(f[ok])).all()):
+            out = pd.Series("", index=col.index, dtype=object)
+            out[ok] = f[ok].astype(np.int64).astype(str)
+            return out
     values = col.to_numpy(dtype=object)
-    out = np.array(["" if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v).strip() for v in values], dtype=object)
+    out = np.array(["" if (v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA) else str(v).strip() for v in values], dtype=object)
     return pd.Series(out, index=col.index, dtype=object)
 
 
@@ -101,8 +120,8 @@ def finish_events(events: pd.DataFrame, source: str, decisions: dict[str, int]) 
     ts = events["timestamp"]
     missing_ts = ts.isna().to_numpy() | (ts.astype(str).str.strip() == "").to_numpy()
     missing_id = ((events["user_id"] == "") | (events["item_id"] == "")).to_numpy()
-    decide(decisions, "events_missing_timestamp", int(missing_ts.sum()), f"{source}: dropped {int(missing_ts.sum())} events with no timestamp")
-    decide(decisions, "events_missing_id", int((missing_id & ~missing_ts).sum()), f"{source}: dropped {int((missing_id & ~missing_ts).sum())} events with an empty user_id or item_id")
+    decide(decisions, "events_missing_timestamp", int(missing_ts.sum()), f"{source}: dropped {int(missing_ts.sum())} events with no timestamp", warn=True)
+    decide(decisions, "events_missing_id", int((missing_id & ~missing_ts).sum()), f"{source}: dropped {int((missing_id & ~missing_ts).sum())} events with an empty user_id or item_id", warn=True)
     events = events[~(missing_ts | missing_id)].reset_index(drop=True)
     if len(events) == 0:
         raise ValueError(f"{source}: no event has a user_id, an item_id and a timestamp")
@@ -111,6 +130,8 @@ def finish_events(events: pd.DataFrame, source: str, decisions: dict[str, int]) 
 
 
 def _to_time(ts: pd.Series, source: str) -> pd.Series:
+    if pd.api.types.is_bool_dtype(ts):
+        raise ValueError(f"{source}: column 'timestamp' must be numeric (or ISO dates), got booleans")
     if pd.api.types.is_numeric_dtype(ts) and not pd.api.types.is_bool_dtype(ts):
         if pd.api.types.is_integer_dtype(ts):
             return ts.astype(np.int64)
@@ -121,7 +142,7 @@ def _to_time(ts: pd.Series, source: str) -> pd.Series:
         as_int = num.astype(np.int64)
         return as_int if (as_int == num).all() else num.astype(np.float64)
     try:
-        dt = pd.to_datetime(ts, errors="raise", utc=True)
+        dt = pd.to_datetime(ts, errors="raise", utc=True, format="ISO8601")
         secs = (dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
         return pd.Series(np.asarray(secs, dtype=np.int64), index=ts.index)
     except (ValueError, TypeError):

@@ -24,6 +24,7 @@ import gzip
 import io
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -81,12 +82,16 @@ def _find(d: Path, stem: str) -> Path | None:
     return None
 
 
-def _read_table(path: Path, required: list[str]) -> pd.DataFrame:
+def _read_table(path: Path, required: list[str], numeric: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Every column as str ("" = missing) except ``numeric`` ones, which the CSV parser may
+    type itself (fast for clean int columns; a column with blanks or text stays str)."""
     try:
         if path.name.endswith(".parquet"):
             df = pd.read_parquet(path)
         else:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+            header = pd.read_csv(path, nrows=0).columns
+            dtypes = {c: str for c in header if c not in numeric}
+            df = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_filter=False)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path}: the file is empty (no header)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
@@ -109,7 +114,7 @@ def read_tidy(d: Path, duplicates: str = "error") -> RawDataset:
     items = finish_items(items, str(items_path), decisions, duplicates)
     texts = items[text_cols].reset_index(drop=True) if text_cols else None
     items = items.drop(columns=text_cols)
-    events = finish_events(_read_table(events_path, ["user_id", "item_id", "timestamp"]), str(events_path), decisions)
+    events = finish_events(_read_table(events_path, ["user_id", "item_id", "timestamp"], numeric=("timestamp",)), str(events_path), decisions)
     return RawDataset(name=d.name, format="tidy", items=items, events=events, texts=texts, decisions=decisions)
 
 
@@ -123,8 +128,11 @@ def _open_text(path: Path) -> io.TextIOBase:
 def _jsonl(path: Path, decisions: dict[str, int], on_bad_line: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) per non-blank line. A malformed line raises naming its line
     (``on_bad_line="error"``) or is skipped and counted (``"skip"``)."""
+    from tqdm.auto import tqdm
+
     with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
+        lines = tqdm(f, desc=f"reading {path.name}", unit=" lines", disable=None, leave=False)  # stderr, off when not a tty
+        for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
@@ -134,7 +142,7 @@ def _jsonl(path: Path, decisions: dict[str, int], on_bad_line: str) -> Iterator[
             except ValueError as e:
                 if on_bad_line == "error":
                     raise ValueError(f"{path}:{lineno}: malformed JSON line ({e}); pass on_bad_line='skip' to drop such lines") from None
-                decide(decisions, "malformed_json_lines", 1, f"{path}:{lineno}: skipped a malformed JSON line")
+                decide(decisions, "malformed_json_lines", 1, f"{path}:{lineno}: skipped a malformed JSON line", warn=True)
                 continue
             yield lineno, obj
 
@@ -149,14 +157,20 @@ def _load_json(path: Path) -> Any:
 
 
 def _split_levels(paths: list[list[str]], levels: int, decisions: dict[str, int], source: str) -> list[list[str]]:
-    """Category paths -> the first ``levels`` levels, "" padded. A root shared by every
-    non-empty path carries no information and is dropped (counted as a decision)."""
-    firsts = {p[0] for p in paths if p}
-    if len(firsts) == 1 and sum(1 for p in paths if p) > 1:
-        root = next(iter(firsts))
-        log.info("%s: dropped the category root %r shared by every item", source, root)
-        decisions["category_root_dropped"] = 1
-        paths = [p[1:] for p in paths]
+    """Category paths -> the first ``levels`` levels, "" padded. When one root value starts at
+    least 90% of the non-empty paths (the store root, e.g. "Industrial & Scientific"), it
+    carries no information: the first level of every path is dropped, so cat1 always means
+    "the level below the root". Paths under another root are counted (logged)."""
+    firsts = Counter(p[0] for p in paths if p)
+    non_empty = sum(firsts.values())
+    if firsts and non_empty > 1:
+        root, n = firsts.most_common(1)[0]
+        if n >= 0.9 * non_empty:
+            log.info("%s: dropped the category root %r (first level of %d of %d paths)", source, root, n, non_empty)
+            decisions["category_root_dropped"] = 1
+            decide(decisions, "category_paths_other_root", non_empty - n,
+                   f"{source}: {non_empty - n} category paths start with another root than {root!r}; their first level was dropped too")
+            paths = [p[1:] for p in paths]
     return [(p + [""] * levels)[:levels] for p in paths]
 
 
@@ -294,8 +308,6 @@ def _read_atomic(path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
 def read_recbole(d: Path, seq_values: int = 3, duplicates: str = "error") -> RawDataset:
     inter_path = _one(d, ".inter")
     item_path = inter_path.with_name(inter_path.name[: -len(".inter")] + ".item")
-    if not item_path.is_file():
-        raise FileNotFoundError(f"{d}: found {inter_path.name} but no {item_path.name}")
     decisions: dict[str, int] = {}
     inter, itypes = _read_atomic(inter_path)
     for col in ("user_id", "item_id"):
@@ -306,6 +318,12 @@ def read_recbole(d: Path, seq_values: int = 3, duplicates: str = "error") -> Raw
         decisions["timestamps_from_file_order"] = 1
         inter["timestamp"] = np.arange(len(inter), dtype=np.int64)
     events = finish_events(inter, str(inter_path), decisions)
+    if not item_path.is_file():
+        # interactions only (common for RecBole datasets): items are the event items, no fields
+        log.warning("%s: no %s; items get no fields besides item_id", d, item_path.name)
+        decisions["no_item_file"] = 1
+        items = pd.DataFrame({"item_id": pd.unique(events["item_id"].to_numpy())}, dtype=object)
+        return RawDataset(name=inter_path.name[: -len(".inter")], format="recbole", items=items, events=events, decisions=decisions)
     meta, types = _read_atomic(item_path)
     if "item_id" not in meta.columns:
         raise ValueError(f"{item_path}: missing column 'item_id'; it has {list(meta.columns)}")
