@@ -320,3 +320,11 @@ def test_default_encoder_all_minilm(tmp_path, monkeypatch):
     np.testing.assert_allclose(res.embeddings, ref, atol=1e-5)
     e = res.embeddings
     assert e[0] @ e[1] > e[0] @ e[2] + 0.1
+
+
+def test_default_cache_dir_follows_resid_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESID_CACHE_DIR", str(tmp_path / "c"))
+    res = embed_item_texts(make_ds(), encoder=TrigramEncoder(), progress=False)
+    assert res.cache_path.parent == tmp_path / "c" / "text-embeddings" and res.cache_path.is_file()
+    again = TrigramEncoder()
+    assert embed_item_texts(make_ds(), encoder=again, progress=False).cache_hit and again.calls == 0

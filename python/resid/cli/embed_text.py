@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS, help=f"cut each text to this many characters (default {DEFAULT_MAX_CHARS})")
     p.add_argument("--max-seq-length", type=int, default=None, help="encoder word-piece limit (default: the model's own, 256 for all-MiniLM-L6-v2)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="encoder device (default: cuda when available)")
-    p.add_argument("--cache-dir", default=None, help="embedding cache folder (default $RESID_CACHE_DIR/text-embeddings or ~/.cache/resid/text-embeddings)")
+    p.add_argument("--cache-dir", default=None, help="embedding cache folder (default $RESID_CACHE_DIR/text-embeddings, else ~/.cache/resid/text-embeddings)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
