@@ -17,6 +17,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename tmp_path to ``path`` (same folder, so the rename is
@@ -27,6 +30,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
