@@ -5,6 +5,7 @@
 - ``RandomModel``: a fixed "model" giving log-probs per (user, prefix), same every call.
 - ``beam_search_ref``: plain-torch beam search over prefixes of the SID table (no trie object).
 - ``exhaustive_ref`` / ``greedy_ref``: score every valid SID / constrained greedy decoding.
+- ``random_sids`` / ``random_beam_state``: seeded random SID tables and beam-step inputs.
 """
 from __future__ import annotations
 
@@ -144,3 +145,30 @@ def random_sids(n: int, level_sizes: list[int], seed: int) -> torch.Tensor:
         cols.append(flat % v)
         flat = flat // v
     return torch.stack(list(reversed(cols)), dim=1)
+
+
+def random_beam_state(trie, B: int, W: int, depth: int, seed: int, ties: bool = False, dead: float = 0.3,
+                      extra_v: int = 0):
+    """Random (log_probs [B, W, V], scores [B, W], nodes [B, W]) with every beam at ``depth``.
+
+    Nodes are distinct per row when the level has >= W nodes, else drawn with repetition (two
+    beams on one node is legal). About ``dead`` of the beams are dead (-inf), half of those with
+    node -1; 10% of log-probs are -inf (codes a model masked); ``ties`` rounds values to 0.5.
+    """
+    g = torch.Generator().manual_seed(seed)
+    V = trie.level_sizes[depth] + extra_v
+    lp = torch.randn(B, W, V, generator=g).log_softmax(-1)
+    if ties:
+        lp = (lp * 2).round() / 2
+    lp[torch.rand(B, W, V, generator=g) < 0.1] = NEG_INF  # codes a model masked
+    lo, hi = trie.level_offsets[depth], trie.level_offsets[depth + 1]
+    nodes = torch.empty(B, W, dtype=torch.int64)
+    for b in range(B):
+        pick = torch.randperm(hi - lo, generator=g)[:W] + lo
+        nodes[b] = pick[torch.randint(len(pick), (W,), generator=g)] if len(pick) < W else pick
+    scores = -torch.rand(B, W, generator=g) * 5
+    if ties:
+        scores = (scores * 2).round() / 2
+    scores[torch.rand(B, W, generator=g) < dead] = NEG_INF
+    nodes[(scores == NEG_INF) & (torch.rand(B, W, generator=g) < 0.5)] = -1
+    return lp, scores, nodes

@@ -4,32 +4,10 @@ import pytest
 import torch
 
 from resid_ext import BeamStep, Trie, beam_start, trie_beam_step
-from tests.reference_beam import (RandomModel, beam_search_ref, exhaustive_ref, greedy_ref, random_sids,
-                                  trie_beam_step_ref)
+from reference_beam import (RandomModel, beam_search_ref, exhaustive_ref, greedy_ref, random_beam_state,
+                            random_sids, trie_beam_step_ref)
 
 NEG_INF = float("-inf")
-
-
-def _random_state(trie: Trie, B: int, W: int, depth: int, seed: int, ties: bool = False, dead: float = 0.3,
-                  extra_v: int = 0):
-    """Random log_probs [B, W, V] and beams at one depth: distinct live nodes per row, some dead."""
-    g = torch.Generator().manual_seed(seed)
-    V = trie.level_sizes[depth] + extra_v
-    lp = torch.randn(B, W, V, generator=g).log_softmax(-1)
-    if ties:
-        lp = (lp * 2).round() / 2
-    lp[torch.rand(B, W, V, generator=g) < 0.1] = NEG_INF  # codes a model masked
-    lo, hi = trie.level_offsets[depth], trie.level_offsets[depth + 1]
-    nodes = torch.empty(B, W, dtype=torch.int64)
-    for b in range(B):
-        pick = torch.randperm(hi - lo, generator=g)[:W] + lo
-        nodes[b] = pick[torch.randint(len(pick), (W,), generator=g)] if len(pick) < W else pick
-    scores = -torch.rand(B, W, generator=g) * 5
-    if ties:
-        scores = (scores * 2).round() / 2
-    scores[torch.rand(B, W, generator=g) < dead] = NEG_INF
-    nodes[(scores == NEG_INF) & (torch.rand(B, W, generator=g) < 0.5)] = -1
-    return lp, scores, nodes
 
 
 def _check_invariants(out: BeamStep, scores, nodes, trie: Trie) -> None:
@@ -70,7 +48,7 @@ def _assert_same(out: BeamStep, ref) -> None:
 ])
 def test_matches_reference(levels, n, B, W, depth, ties, seed):
     trie = Trie(random_sids(n, levels, seed))
-    lp, scores, nodes = _random_state(trie, B, W, depth, seed, ties=ties)
+    lp, scores, nodes = random_beam_state(trie, B, W, depth, seed, ties=ties)
     out = trie_beam_step(lp, scores, nodes, trie)
     _check_invariants(out, scores, nodes, trie)
     _assert_same(out, trie_beam_step_ref(lp, scores, nodes, trie))
@@ -88,7 +66,7 @@ def test_first_step_from_root_and_extra_vocab():
 
 def test_beam_width_256():
     trie = Trie(random_sids(3000, [64, 64], 12))
-    lp, scores, nodes = _random_state(trie, 2, 256, 1, 12, ties=True, dead=0.1)
+    lp, scores, nodes = random_beam_state(trie, 2, 256, 1, 12, ties=True, dead=0.1)
     out = trie_beam_step(lp, scores, nodes, trie)
     assert out.scores[:, -1].gt(NEG_INF).all()
     _assert_same(out, trie_beam_step_ref(lp, scores, nodes, trie))
@@ -130,7 +108,7 @@ def test_all_dead_rows_and_masked_codes():
 
 def test_noncontiguous_inputs():
     trie = Trie(random_sids(60, [4, 5, 6], 14))
-    lp, scores, nodes = _random_state(trie, 4, 6, 1, 14)
+    lp, scores, nodes = random_beam_state(trie, 4, 6, 1, 14)
     lp_nc = lp.transpose(0, 1).contiguous().transpose(0, 1)
     wide = torch.zeros(4, 6, 2 * lp.shape[2])
     wide[:, :, ::2] = lp
@@ -208,7 +186,7 @@ def test_wide_beam_equals_exhaustive():
 def test_rows_are_independent_and_deterministic():
     """A batched (OpenMP over rows) call equals one call per row, and repeats bit for bit."""
     trie = Trie(random_sids(500, [32, 32], 40))
-    lp, scores, nodes = _random_state(trie, 16, 20, 1, 40, ties=True)
+    lp, scores, nodes = random_beam_state(trie, 16, 20, 1, 40, ties=True)
     a = trie_beam_step(lp, scores, nodes, trie)
     b = trie_beam_step(lp, scores, nodes, trie)
     assert all(torch.equal(x, y) for x, y in zip(a, b))

@@ -4,7 +4,7 @@ import torch
 
 import resid_ext
 from resid_ext import _C, Trie
-from tests.reference_beam import random_sids, trie_paths
+from reference_beam import random_sids, trie_paths
 
 
 def _check_structure(trie: Trie, sids: torch.Tensor) -> None:
