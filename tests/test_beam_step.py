@@ -246,3 +246,13 @@ def test_unchecked_values_stay_memory_safe():
     nodes[:, 0] = 10**9  # out of range: treated as dead when checks are skipped
     out = trie_beam_step(lp, scores, nodes, trie, check_values=False)
     assert out.scores.eq(NEG_INF).all()
+
+
+def test_nan_log_prob_is_not_a_continuation():
+    sids = torch.tensor([[0, 0], [1, 0], [2, 0]])
+    trie = Trie(sids)
+    scores, nodes = beam_start(1, 3)
+    lp = torch.tensor([[[-1.0, float("nan"), -2.0]] * 3])
+    out = trie_beam_step(lp, scores, nodes, trie)
+    assert out.codes[0].tolist() == [0, 2, -1] and out.scores[0, 2] == NEG_INF
+    _assert_same(out, trie_beam_step_ref(lp, scores, nodes, trie))
