@@ -9,6 +9,8 @@ A search = L steps (one per SID level) over B users with beam W, with fixed rand
   hf-prefix-fn      what `generate(prefix_allowed_tokens_fn=...)` does: a Python callback per
                     beam returns the allowed codes (prefix dict), -inf mask [B*W, V], topk over [B, W*V]
 `same_topk`: final scores (atol 1e-5) and items equal resid's, per user. Warm-up excluded.
+`seconds_per_search` is wall-clock; `cpu_seconds_per_search` is this process's CPU time (all
+threads), which other jobs on a shared machine disturb much less.
 
     PYTHONPATH=$PWD/python:$PWD python bench/bench_beam.py [--items 20000 1000000] [--batch 32 256]
 """
@@ -139,10 +141,11 @@ def main() -> None:
                                ("hf-prefix-fn", hf_make)):
                 print(f"  {tool} items={n} batch={B}", file=sys.stderr)
                 run_search(make(), lps, B, W)  # warm-up
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for _ in range(args.iters):
                     scores, sid = run_search(make(), lps, B, W)
                 sec = (time.perf_counter() - t0) / args.iters
+                cpu = (time.process_time() - c0) / args.iters  # all threads' CPU time: robust to other jobs
                 items = torch.tensor([[sid_to_item.get(tuple(s), -1) for s in row] for row in sid.tolist()])
                 if ref is None:
                     ref = (scores, items)
@@ -152,6 +155,7 @@ def main() -> None:
                 print(json.dumps({"bench": "trie_beam_search", "tool": tool, "items": n, "levels": L, "codes": V,
                                   "batch": B, "beam": W, "iters": args.iters, "threads": torch.get_num_threads(),
                                   "seconds_per_search": round(sec, 6), "users_per_s": round(B / sec, 1),
+                                  "cpu_seconds_per_search": round(cpu, 6),
                                   "trie_build_s": round(build, 3), "same_topk": same}), flush=True)
 
 
