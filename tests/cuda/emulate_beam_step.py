@@ -1,6 +1,7 @@
 """Run the CUDA beam-step kernel's code on the host and compare it with the CPU twin.
 
-For GPU-less machines (not collected by pytest: it compiles C++ and takes about a minute).
+For GPU-less machines. ``python tests/cuda/emulate_beam_step.py`` runs 20 cases (about a
+minute); tests/cuda/test_beam_emulated.py runs a few of them in the test suite.
 The kernel text of csrc/beam/trie_step_cuda.cu is compiled by g++ (C++20) with each block
 emulated by 256 std::threads: ``__syncthreads`` is a std::barrier, ``__shared__`` variables are
 function statics (one block runs at a time), ``atomicAdd`` is an atomic fetch-add. This checks the
@@ -75,7 +76,7 @@ def _host_source() -> str:
     return PRELUDE + src + DRIVER
 
 
-def _build(tmp: Path) -> ctypes.CDLL:
+def build_emulator(tmp: Path) -> ctypes.CDLL:
     cpp, so = tmp / "emu.cpp", tmp / "emu.so"
     cpp.write_text(_host_source())
     subprocess.run(["g++", "-std=c++20", "-O1", "-fPIC", "-shared", f"-I{ROOT / 'csrc'}", "-o", str(so), str(cpp),
@@ -85,7 +86,8 @@ def _build(tmp: Path) -> ctypes.CDLL:
     return lib
 
 
-def _emulate(lib: ctypes.CDLL, lp, scores, nodes, trie):
+def emulate(lib: ctypes.CDLL, lp, scores, nodes, trie):
+    """The emulated kernel's BeamStep-like tuple for CPU inputs (contiguous)."""
     B, W, V = lp.shape
     out = (torch.empty(B, W), *(torch.empty(B, W, dtype=torch.int64) for _ in range(3)))
     lib.emu_step(lp.data_ptr(), scores.data_ptr(), nodes.data_ptr(), trie.child_offsets.data_ptr(),
@@ -105,7 +107,7 @@ CASES = [  # (levels, n, B, W, depth, ties)
 def main() -> int:
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
-        lib = _build(Path(tmp))
+        lib = build_emulator(Path(tmp))
         for seed, (levels, n, B, W, depth, ties) in enumerate(CASES):
             trie = Trie(random_sids(n, levels, seed))
             for variant in ("random", "all_equal"):
@@ -114,7 +116,7 @@ def main() -> int:
                     lp = torch.zeros_like(lp)
                     scores = torch.where(scores > float("-inf"), torch.zeros_like(scores), scores)
                 ref = trie_beam_step(lp, scores, nodes, trie)
-                got = _emulate(lib, lp, scores, nodes, trie)
+                got = emulate(lib, lp, scores, nodes, trie)
                 same = all(torch.equal(r, g) for r, g in zip(ref, got))
                 failures += not same
                 print(json.dumps({"levels": levels, "B": B, "W": W, "depth": depth, "ties": ties,
