@@ -1,0 +1,82 @@
+"""Helpers shared by FAMAE and the sequential baselines: turning item rows into field tokens,
+leave-one-out evaluation windows, full-ranking metrics, and a dataset fingerprint."""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from resid.data.dataset import ITEM_FIELD, PreparedDataset
+from resid.metrics import metrics_from_ranks, target_ranks
+
+
+def select_fields(ds: PreparedDataset, fields: list[str] | None, who: str) -> list[int]:
+    """Column indices of ``fields`` in ``ds`` (None = all). ``item_id`` must come first."""
+    if fields is None:
+        return list(range(ds.num_fields))
+    unknown = [f for f in fields if f not in ds.fields]
+    if unknown:
+        raise ValueError(f"{who}: unknown field(s) {unknown}; dataset {ds.name!r} has fields {ds.fields}")
+    if not fields or fields[0] != ITEM_FIELD or len(set(fields)) != len(fields):
+        raise ValueError(f"{who}: fields must start with {ITEM_FIELD!r} and not repeat, got {fields}")
+    return [ds.fields.index(f) for f in fields]
+
+
+def check_dataset(ds: PreparedDataset, who: str) -> None:
+    """Reject datasets the models cannot use, with the reason."""
+    if ds.num_items == 0 or ds.num_users == 0:
+        raise ValueError(f"{who}: dataset {ds.name!r} is empty ({ds.num_items} items, {ds.num_users} users)")
+    if not ds.fields or ds.fields[0] != ITEM_FIELD:
+        raise ValueError(f"{who}: dataset {ds.name!r} must have {ITEM_FIELD!r} as field 0, has {ds.fields}")
+    ids = np.asarray(ds.item_features[:, 0])
+    if not np.array_equal(ids, np.arange(1, ds.num_items + 1)):
+        raise ValueError(f"{who}: dataset {ds.name!r}: item_features[:, 0] must be item row + 1 (the item_id token convention)")
+
+
+def dataset_fingerprint(ds: PreparedDataset) -> dict[str, Any]:
+    """Identity of a dataset for checkpoint checks: sizes, fields and a hash of its contents."""
+    h = hashlib.sha1()
+    for a in (ds.item_features, ds.seq_offsets, ds.seq_items):
+        h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+    return {
+        "name": ds.name,
+        "num_items": ds.num_items,
+        "num_users": ds.num_users,
+        "fields": list(ds.fields),
+        "vocab_sizes": [int(v) for v in ds.vocab_sizes],
+        "sha1": h.hexdigest(),
+    }
+
+
+def lookup_tokens(features: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """features: [N, J] int64 tokens; rows: [B, T] int64 item rows, -1 = padding.
+    Returns [B, T, J] int64 with padded positions all 0 (the pad token)."""
+    valid = rows >= 0
+    tok = features[rows.clamp(min=0)]
+    return tok * valid[..., None]
+
+
+def eval_windows(ds: PreparedDataset, which: str, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leave-one-out windows for ``which`` ('valid'|'test'): [U, length] item rows whose last
+    column is the target and the rest the most recent ``length - 1`` history items (-1 padded),
+    and the targets [U]."""
+    sp = ds.split(which, max_len=length - 1)
+    windows = np.concatenate([sp.histories, sp.targets[:, None]], axis=1)
+    return torch.from_numpy(windows), torch.from_numpy(sp.targets)
+
+
+def ranking_metrics(
+    score: Callable[[torch.Tensor], torch.Tensor], windows: torch.Tensor, targets: torch.Tensor,
+    batch_size: int, device: torch.device, ks: tuple[int, ...] = (5, 10),
+) -> dict[str, float]:
+    """Full ranking over all N items: ``score(windows_batch) -> [B, N]``; Recall/NDCG@ks from
+    the target's 0-based rank (ties count against the target, see resid.metrics)."""
+    if len(targets) == 0:
+        raise ValueError("ranking_metrics: no users to evaluate (every sequence is too short for this split)")
+    ranks = []
+    for s in range(0, len(targets), batch_size):
+        w = windows[s : s + batch_size].to(device)
+        ranks.append(target_ranks(score(w).float(), targets[s : s + batch_size].to(device)).cpu())
+    return metrics_from_ranks(torch.cat(ranks), ks)
