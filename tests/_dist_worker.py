@@ -103,6 +103,9 @@ def scenario_main(out: Path) -> dict:
     # Sharded evaluation over contiguous user blocks, uneven (23 users, 2 ranks).
     a, b = D.shard_range(23)
     res["eval_ranks"] = D.gather_concat(eval_ranks(np.arange(a, b))).tolist()
+    # Each rank's part of a global batch and its loss weight (5 rows, and 1 row < world size).
+    parts = [(p.tolist(), w) for p, w in (D.local_batch(torch.arange(5)), D.local_batch(torch.arange(1)))]
+    res["local_batches"] = _gather_objects(parts)
     # DDP training from scratch, then a resume of a single-process checkpoint.
     losses, weights = train(out, epochs=3)
     res["losses"] = losses
@@ -130,9 +133,114 @@ def scenario_kill(out: Path) -> dict:
     return {}
 
 
+# ---- the shared training loop (resid.training.fit) under DDP -------------------------------
+FIT_SAMPLES = 43  # global batch 8 -> last step has 3 rows: ranks get 2 and 1 (loss weights 4/3, 2/3)
+
+
+class TinyReg(torch.nn.Module):
+    """A model with resid's training interface (``loss(batch)``) and a deterministic loss."""
+
+    def __init__(self, kill_rank1_at_call: int | None = None) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        self.calls, self.kill_at = 0, kill_rank1_at_call
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.kill_at is not None and self.calls == self.kill_at and D.get_rank() == 1:
+            os.kill(os.getpid(), signal.SIGKILL)  # a rank dies mid-epoch
+        return torch.nn.functional.mse_loss(self.net(batch[:, :5]), batch[:, 5:])
+
+
+def fit_samples() -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(FIT_SAMPLES, 5, generator=g)
+    return torch.cat([x, x[:, :2].sum(1, keepdim=True).sin()], dim=1)
+
+
+def run_fit(out: Path, resume: bool = False, kill_at: int | None = None, crash_epoch: int | None = None):
+    """resid.training.fit for 4 epochs; returns (result, final weights). ``crash_epoch``: the
+    evaluation of that epoch raises (a crash after the previous epoch's checkpoint)."""
+    from resid import training
+
+    torch.manual_seed(11 + 100 * D.get_rank())  # ranks initialise differently; DDP syncs to rank 0
+    model = TinyReg(kill_at)
+    samples = fit_samples()
+    seen = {"epoch": 0}
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        seen["epoch"] += 1
+        if crash_epoch is not None and seen["epoch"] == crash_epoch:
+            raise RuntimeError("simulated crash")
+        with torch.no_grad():
+            return {"valid/neg_mse": -float(m.loss(samples))}
+
+    cfg = training.TrainConfig(epochs=4, batch_size=8, lr=1e-2, patience=10, metric="valid/neg_mse", progress=False)
+    res = training.fit(model, samples, evaluate, cfg, out, {"model": "tiny"}, {"data": "fit_samples"}, resume=resume)
+    return res, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def log_checkpoint_writes(log_dir: Path) -> None:
+    """Wrap resid.training.save_checkpoint to record which rank wrote what."""
+    from resid import training
+
+    orig = training.save_checkpoint
+
+    def logged(target, *args, **kwargs):
+        with open(log_dir / f"ckpt_writes.rank{D.get_rank()}", "a") as f:
+            f.write(f"{Path(target).name}\n")
+        return orig(target, *args, **kwargs)
+
+    training.save_checkpoint = logged
+
+
+def famae_config():
+    from resid.famae import FAMAEConfig
+
+    return FAMAEConfig(d=16, layers=1, heads=2, ffn=32, dropout=0.0, max_len=8, batch_size=64, epochs=3,
+                       patience=5, eval_batch_size=32, progress=False)
+
+
+def scenario_fit(out: Path) -> dict:
+    D.init()
+    log_checkpoint_writes(out)
+    res, weights = run_fit(out / "fresh")
+    rres, rweights = run_fit(out / "from_single", resume=True)  # holds a single-process epoch-2 checkpoint
+    from resid.famae import FAMAE
+    sys.path.insert(0, str(Path(__file__).parent))
+    from synth_seq import make_dataset
+
+    ds = make_dataset()
+    fam = FAMAE(famae_config())
+    fres = fam.fit(ds, out / "famae")
+    test_metrics = fam.evaluate(ds, "test")  # collective: every rank evaluates its block of users
+    return {
+        "history": res.history, "weights": {k: v.tolist() for k, v in weights.items()},
+        "resumed_history": rres.history, "resumed_weights": {k: v.tolist() for k, v in rweights.items()},
+        f"famae_history_rank{D.get_rank()}": fres.history, "famae_test": test_metrics,
+        "famae_history_all": [h for h in _gather_objects(fres.history)], "famae_test_all": _gather_objects(test_metrics),
+    }
+
+
+def _gather_objects(obj):
+    if not D.is_distributed():
+        return [obj]
+    out = [None] * D.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def scenario_fit_kill(out: Path) -> dict:
+    D.init(timeout_s=30)
+    steps = -(-FIT_SAMPLES // 8)
+    run_fit(out / "run", kill_at=2 * (steps + 1) + 3)  # rank 1 dies at step 3 of epoch 3 (+1 loss call per eval)
+    return {}
+
+
 if __name__ == "__main__":
     scenario, out_dir = sys.argv[1], Path(sys.argv[2])
-    result = {"main": scenario_main, "mismatch": scenario_mismatch, "kill": scenario_kill}[scenario](out_dir)
+    result = {"main": scenario_main, "mismatch": scenario_mismatch, "kill": scenario_kill,
+              "fit": scenario_fit, "fit_kill": scenario_fit_kill}[scenario](out_dir)
     if result:
         D.rank0_write(out_dir / "result.json", lambda tmp: tmp.write_text(json.dumps(result)))
     D.shutdown()

@@ -88,6 +88,12 @@ def test_sharded_evaluation_equals_single_process_exactly(main_run):
     assert main_run["eval_ranks"] == W.eval_ranks(np.arange(23)).tolist()
 
 
+def test_local_batch_split_and_loss_weights(main_run):
+    # Rank r takes rows r::2 of the global batch, weighted n_r * W / B so that DDP's gradient
+    # average is the global-batch mean; with fewer rows than ranks, rank 1 reuses row 0 at weight 0.
+    assert main_run["local_batches"] == [[[[0, 2, 4], 6 / 5], [[0], 2.0]], [[[1, 3], 4 / 5], [[0], 0.0]]]
+
+
 def test_ddp_loss_curve_matches_single_process_global_batch(main_run, single):
     ddp = np.array(main_run["losses"])
     ref = np.array(single["losses"])

@@ -411,3 +411,58 @@ def rank_sequence(values: Sequence[T]) -> list[T]:
     """This rank's items of ``values`` by :func:`shard_range` (contiguous, unpadded)."""
     a, b = shard_range(len(values))
     return list(values[a:b])
+
+
+# ---- hooks used by the shared training loop (resid.training.fit) ---------------------------
+class LossForward(torch.nn.Module):
+    """Adapter so DDP can wrap a model whose training entry point is ``loss(batch)`` rather than
+    ``forward``: DDP only synchronises gradients for work done inside its ``forward``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = model
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.inner.loss(batch)
+
+
+def wrap_ddp_loss(model: torch.nn.Module) -> Callable[[Any], torch.Tensor]:
+    """``batch -> loss`` that all-reduces gradients under DDP, else plain ``model.loss``.
+    Buffers are not re-broadcast every step (``broadcast_buffers=False``): resid models keep
+    only dataset-derived constants there (item features, proposals), equal on every rank."""
+    if not is_distributed():
+        return model.loss
+    return wrap_ddp(LossForward(model), broadcast_buffers=False)
+
+
+def local_batch(global_idx: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """This rank's part of a global mini-batch of sample positions, and the loss weight that
+    makes DDP's gradient *average* equal the gradient of the global-batch mean loss.
+
+    global_idx: [B] (the single-process batch). Rank r takes global_idx[r::W] (n_r rows); with
+    a per-rank mean loss L_r, DDP computes (1/W) sum_r grad(w_r L_r), so w_r = n_r W / B.
+    A rank left with no rows (B < W on the last step) reuses row 0 with weight 0, so it still
+    joins the gradient all-reduce. One process: (global_idx, 1.0) unchanged."""
+    world = get_world_size()
+    if world == 1:
+        return global_idx, 1.0
+    part = global_idx[get_rank() :: world]
+    if len(part) == 0:
+        return global_idx[:1], 0.0
+    return part, len(part) * world / len(global_idx)
+
+
+def rank_seed(seed: int, epoch: int, rank: int | None = None) -> int:
+    """Seed of rank > 0's global torch RNG for an epoch (masks, dropout differ across ranks;
+    re-seeded per epoch so a resumed run is deterministic on every rank)."""
+    rank = get_rank() if rank is None else rank
+    return (int(seed) * 1_000_003 + int(rank) * 7919 + int(epoch)) % (2**63)
+
+
+def training_device(device: str) -> torch.device:
+    """The device a training process uses: this rank's GPU under a distributed CUDA run,
+    else ``device`` itself."""
+    ctx = current()
+    if ctx.enabled and ctx.device.type == "cuda":
+        return ctx.device
+    return torch.device(device)

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from resid import distributed as D
 from resid.data.dataset import ITEM_FIELD, PreparedDataset
 from resid.metrics import metrics_from_ranks, target_ranks
 
@@ -75,8 +76,12 @@ def ranking_metrics(
     the target's 0-based rank (ties count against the target, see resid.metrics)."""
     if len(targets) == 0:
         raise ValueError("ranking_metrics: no users to evaluate (every sequence is too short for this split)")
-    ranks = []
-    for s in range(0, len(targets), batch_size):
-        w = windows[s : s + batch_size].to(device)
-        ranks.append(target_ranks(score(w).float(), targets[s : s + batch_size].to(device)).cpu())
-    return metrics_from_ranks(torch.cat(ranks), ks)
+    # Under torchrun each rank ranks a contiguous block of users; the gathered ranks are the
+    # single-process ranks in the single-process order (resid.distributed.shard_range).
+    start, stop = D.shard_range(len(targets))
+    ranks = [torch.zeros(0, dtype=torch.int64)]
+    for s in range(start, stop, batch_size):
+        e = min(s + batch_size, stop)
+        w = windows[s:e].to(device)
+        ranks.append(target_ranks(score(w).float(), targets[s:e].to(device)).cpu())
+    return metrics_from_ranks(D.gather_concat(torch.cat(ranks)), ks)

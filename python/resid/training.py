@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from resid import distributed as D
 from resid.io import _json_default
 
 
@@ -175,7 +176,13 @@ def fit(
     if len(samples) == 0:
         raise ValueError("fit: no training samples (the dataset is empty or every sequence is too short)")
     out = Path(out_dir)
-    device = resolve_device(cfg.device)
+    # Distributed hook: joins the process group under torchrun (no-op otherwise); every rank
+    # must run the same config; rank r trains on every W-th row of each global batch.
+    D.init(device=cfg.device)
+    device = D.training_device(cfg.device) if D.is_distributed() else resolve_device(cfg.device)
+    rank, world = D.get_rank(), D.get_world_size()
+    if world > 1:
+        D.check_config({"config": config, "fingerprint": fingerprint, "train": {**asdict(cfg), "device": None, "progress": None}}, "training config")
     last_dir, best_dir = out / "last", out / "best"
     if not resume and last_dir.exists():
         raise FileExistsError(f"{out} already holds a training run (last/); pass resume=True (--resume) to continue it, or pick a new folder")
@@ -188,6 +195,7 @@ def fit(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.epochs * steps_per_epoch))
 
+    step_loss = D.wrap_ddp_loss(model)  # model.loss, or DDP over it
     epoch, best_epoch, best_score, bad, history, stopped = 0, 0, -math.inf, 0, [], False
     if resume and last_dir.exists():
         meta = read_checkpoint_meta(last_dir)
@@ -199,31 +207,40 @@ def fit(
         _set_rng_state(st["rng"], gen, device)
         epoch, best_epoch, best_score, bad = st["epoch"], st["best_epoch"], st["best_score"], st["bad_epochs"]
         history, stopped = st["history"], st["stopped"]
-        print(f"resuming {out} after epoch {epoch} (best {cfg.metric}={best_score:.4f} at epoch {best_epoch})", file=sys.stderr)
+        if D.is_main():
+            print(f"resuming {out} after epoch {epoch} (best {cfg.metric}={best_score:.4f} at epoch {best_epoch})", file=sys.stderr)
 
     while not stopped and epoch < cfg.epochs:
         epoch += 1
         model.train()
+        if rank:
+            torch.manual_seed(D.rank_seed(cfg.seed, epoch))
         order = torch.randperm(len(samples), generator=gen).to(device)
-        total, bar = 0.0, tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", disable=not cfg.progress, file=sys.stderr, leave=False)
+        total, bar = 0.0, tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", disable=not cfg.progress or not D.is_main(), file=sys.stderr, leave=False)
         for step in bar:
-            batch = samples[order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
-            loss = model.loss(batch)
-            if not torch.isfinite(loss):
+            idx, weight = D.local_batch(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
+            loss = step_loss(samples[idx])
+            if world > 1:
+                loss = loss * weight
+                reported = D.all_reduce_sum(loss.detach()).to(loss.device) / world  # the global-batch mean
+            else:
+                reported = loss.detach()
+            if not torch.isfinite(reported):
                 kept = f"{last_dir} (epoch {epoch - 1})" if last_dir.exists() else "none (failed in the first epoch)"
                 raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch}, step {step + 1}; stopped. Last good checkpoint: {kept}. "
+                    f"loss became {reported.item()} at epoch {epoch}, step {step + 1}; stopped. Last good checkpoint: {kept}. "
                     "Try a lower lr or more warm-up steps."
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss.detach())
+            total += float(reported)
             bar.set_postfix(loss=f"{total / (step + 1):.4f}")
         model.eval()
         with torch.no_grad():
             metrics = dict(evaluate(model))
+        metrics = D.broadcast_object(metrics)  # every rank takes rank 0's early-stopping decision
         if cfg.metric not in metrics:
             raise ValueError(f"fit: evaluate() returned no {cfg.metric!r}; it returned {sorted(metrics)}")
         row = {"epoch": epoch, "loss": total / steps_per_epoch, **metrics}
@@ -236,15 +253,18 @@ def fit(
             bad += 1
         stopped = bad >= cfg.patience
         meta = {"config": config, "fingerprint": fingerprint, "epoch": epoch, "metrics": row}
-        if improved:
+        if improved and D.is_main():
             save_checkpoint(best_dir, model, meta)
         trainer_state = {
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(gen, device),
             "epoch": epoch, "best_epoch": best_epoch, "best_score": best_score, "bad_epochs": bad,
             "history": history, "stopped": stopped,
         }
-        save_checkpoint(last_dir, model, meta, trainer_state)
-        print(f"epoch {epoch}: loss {row['loss']:.4f} {cfg.metric} {score:.4f}" + (" *" if improved else ""), file=sys.stderr)
+        if D.is_main():  # only rank 0 writes; the others wait until the files are complete
+            save_checkpoint(last_dir, model, meta, trainer_state)
+        D.barrier()
+        if D.is_main():
+            print(f"epoch {epoch}: loss {row['loss']:.4f} {cfg.metric} {score:.4f}" + (" *" if improved else ""), file=sys.stderr)
 
     load_weights(model, best_dir, device)
     model.eval()
