@@ -6,4 +6,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["FAMAE", "FAMAEConfig", "__version__"]
+
+# Lazy exports: `import resid` (and the CLI's --help) stays fast; torch loads on first use.
+_LAZY = {"FAMAE": "resid.famae", "FAMAEConfig": "resid.famae"}
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'resid' has no attribute {name!r}")

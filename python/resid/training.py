@@ -119,9 +119,20 @@ def read_checkpoint_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def check_fingerprint(expected: dict[str, Any], found: dict[str, Any], where: str) -> None:
     """Raise ValueError naming every key where a checkpoint disagrees with the current run."""
-    exp = json.loads(json.dumps(expected, default=_json_default))
+    exp = _flatten(json.loads(json.dumps(expected, default=_json_default)))
+    found = _flatten(found)
     diff = [k for k in sorted(set(exp) | set(found)) if exp.get(k) != found.get(k)]
     if diff:
         detail = "; ".join(f"{k}: checkpoint has {found.get(k)!r}, this run has {exp.get(k)!r}" for k in diff[:6])
