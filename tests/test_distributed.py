@@ -28,18 +28,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(script: Path, args: list[str], nproc: int = 2, timeout: float = 180) -> subprocess.CompletedProcess:
-    """Launch ``script args`` under torchrun with ``nproc`` CPU ranks on loopback."""
+def torchrun(args: list[str], nproc: int = 2, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Launch ``args`` (a script and its arguments, or ``-m module ...``) under torchrun with ``nproc`` CPU ranks on loopback."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "python"), str(ROOT), env.get("PYTHONPATH", "")])
     env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--nnodes=1",
-           "--master-addr=127.0.0.1", f"--master-port={free_port()}", str(script), *args]
+           "--master-addr=127.0.0.1", f"--master-port={free_port()}", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def launch(scenario: str, out: Path, nproc: int = 2) -> subprocess.CompletedProcess:
-    return torchrun(Path(W.__file__), [scenario, str(out)], nproc)
+    return torchrun([W.__file__, scenario, str(out)], nproc)
 
 
 @pytest.fixture(scope="module")

@@ -93,3 +93,32 @@ def test_famae_trains_under_ddp_and_sharded_eval_equals_single_process(ddp):
     ds = make_dataset()
     single = FAMAE.load(ddp["dir"] / "famae", ds).evaluate(ds, "test")
     assert single == t0  # exact: sharded ranks gathered in order == single-process ranks
+
+
+def test_cli_famae_under_torchrun(tmp_path):
+    """`torchrun --nproc-per-node 2 -m resid famae ... --distributed`: one report, one set of
+    files, and test metrics equal to a single-process evaluation of the written checkpoint."""
+    import subprocess
+
+    from resid.data.dataset import save_prepared
+    from resid.famae import FAMAE
+    from test_distributed import torchrun
+
+    ds = make_dataset()
+    save_prepared(ds, tmp_path / "ds")
+    out = tmp_path / "run"
+    proc = torchrun(["-m", "resid", "famae", str(tmp_path / "ds"), str(out), "--dim", "16", "--layers", "1",
+                                 "--heads", "2", "--ffn", "32", "--max-len", "8", "--epochs", "2", "--batch-size", "64",
+                                 "--no-progress", "--distributed"])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("test: Metric1") == 1, proc.stdout
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["epochs_run"] == 2
+    assert FAMAE.load(out, ds).evaluate(ds, "test") == report["test"]
+    assert (out / "embeddings" / "embeddings.npy").is_file()
+    # --distributed outside torchrun: a clear error, not a hang.
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONPATH"] = f"{Path(__file__).resolve().parents[1] / 'python'}"
+    bad = subprocess.run([sys.executable, "-m", "resid", "famae", str(tmp_path / "ds"), str(tmp_path / "x"), "--distributed"],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "launch with `torchrun" in bad.stderr, bad.stderr

@@ -22,6 +22,9 @@ def run(args: argparse.Namespace) -> int:
     from resid.baselines import SASRec, SASRecConfig, popularity_metrics
     from resid.io import write_json
 
+    from resid import distributed as D
+
+    D.init(distributed=True if args.distributed else None, device=args.device)
     ds = open_dataset_arg(args.dataset)
     report: dict = {"model": args.model, "dataset": ds.name}
     if args.model == "popularity":
@@ -32,7 +35,11 @@ def run(args: argparse.Namespace) -> int:
         result = model.fit(ds, args.out_dir, resume=args.resume)
         report.update(best_epoch=result.best_epoch, epochs_run=result.epochs_run,
                       valid=model.evaluate(ds, "valid"), test=model.evaluate(ds, "test"), history=result.history)
+    if not D.is_main():  # evaluation above is collective; files and the report come from rank 0
+        D.barrier()
+        return 0
     write_json(Path(args.out_dir) / "metrics.json", report)
+    D.barrier()
     for split in ("valid", "test"):
         m = report[split]
         print(f"{args.model} {split}: " + " ".join(f"{k} {m[k]:.4f}" for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")))

@@ -20,7 +20,8 @@ def open_dataset_arg(spec: str) -> PreparedDataset:
 def add_train_options(p: argparse.ArgumentParser) -> None:
     """Options shared by FAMAE and the SASRec baselines (paper Appendix E defaults)."""
     g = p.add_argument_group("model and training")
-    g.add_argument("--d", type=int, default=128, help="embedding / hidden size (default 128)")
+    # --dim: alias that torchrun does not mistake for an abbreviation of its own --duplicate-* options
+    g.add_argument("--d", "--dim", dest="d", type=int, default=128, help="embedding / hidden size (default 128)")
     g.add_argument("--layers", type=int, default=2)
     g.add_argument("--heads", type=int, default=4)
     g.add_argument("--ffn", type=int, default=512)
@@ -37,6 +38,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="cpu or cuda")
     g.add_argument("--resume", action="store_true", help="continue the run in OUT_DIR from its last/ checkpoint")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--distributed", action="store_true",
+                   help="train with DDP across the processes torchrun started (auto-detected under torchrun); "
+                        "--batch-size is the global batch; rank 0 writes all files")
 
 
 def common_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -79,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
     from resid.famae import FAMAE, FAMAEConfig
     from resid.io import write_json
 
+    from resid import distributed as D
+
+    D.init(distributed=True if args.distributed else None, device=args.device)
     ds = open_dataset_arg(args.dataset)
     cfg = FAMAEConfig(**common_config(args), field_weights=_field_weights(args.field_weight),
                       sampled_softmax_threshold=args.sampled_threshold, num_negatives=args.negatives)
@@ -89,8 +96,12 @@ def run(args: argparse.Namespace) -> int:
         "valid": model.evaluate(ds, "valid"), "test": model.evaluate(ds, "test"), "history": result.history,
     }
     out = Path(args.out_dir)
+    if not D.is_main():  # evaluation above is collective; files and the report come from rank 0
+        D.barrier()
+        return 0
     model.export(ds, out / "embeddings")
     write_json(out / "metrics.json", report)
+    D.barrier()
     for split in ("valid", "test"):
         m = report[split]
         print(f"{split}: Metric1 R@10 {m['m1/recall@10']:.4f} N@10 {m['m1/ndcg@10']:.4f} | "
