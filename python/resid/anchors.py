@@ -44,21 +44,22 @@ def make_anchors(g: int, d: int, seed: int, steps: int = 300) -> np.ndarray:
 
 
 def _low_coherence(g: int, d: int, gen: torch.Generator, steps: int) -> np.ndarray:
-    w = torch.randn(g, d, generator=gen, dtype=torch.float64).requires_grad_(True)
-    opt = torch.optim.Adam([w], lr=0.02)
-    off = ~torch.eye(g, dtype=torch.bool)
-    best, best_u = math.inf, None
+    # Projected gradient descent on the sphere, in numpy (tiny matrices: torch's thread pool
+    # only adds overhead here). Gradient of sum_{i!=j} |c_ij|^p w.r.t. u_i is p * sum_j
+    # |c_ij|^(p-2) c_ij u_j; entries are scaled by the current max so large p cannot overflow.
+    u = torch.randn(g, d, generator=gen, dtype=torch.float64).numpy()
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    best, best_u = math.inf, u.copy()
     for t in range(steps):
-        u = torch.nn.functional.normalize(w, dim=1)
-        c = (u @ u.T)[off].abs()
-        with torch.no_grad():
-            m = float(c.max())
-            if m < best:
-                best, best_u = m, u.detach().clone()
-        p = 4.0 + 28.0 * t / max(1, steps - 1)  # mean cos^2 first, then ever closer to the max
-        loss = (c / c.detach().max()).pow(p).mean().pow(1.0 / p)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert best_u is not None
-    return best_u.to(torch.float32).numpy()
+        c = u @ u.T
+        np.fill_diagonal(c, 0.0)
+        m = float(np.abs(c).max())
+        if m < best:
+            best, best_u = m, u.copy()
+        p = 4.0 + 28.0 * t / max(1, steps - 1)  # mean cos^2-like first, then ever closer to the max
+        grad = ((np.abs(c) / m) ** (p - 2) * c) @ u
+        grad -= (grad * u).sum(1, keepdims=True) * u  # tangent to the sphere
+        grad /= max(float(np.linalg.norm(grad, axis=1).max()), 1e-12)
+        u = u - (0.05 * (1.0 - t / steps) + 0.002) * grad
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+    return best_u.astype(np.float32)
