@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from resid_ext import _C
 from resid_ext._device import build_info, has_cuda
+from resid_ext.balanced import balanced_assign, balanced_assign_segmented, default_capacity
 
 __version__: str = _C.__version__
 
-__all__ = ["build_info", "has_cuda", "__version__"]
+__all__ = [
+    "balanced_assign",
+    "balanced_assign_segmented",
+    "build_info",
+    "default_capacity",
+    "has_cuda",
+    "__version__",
+]

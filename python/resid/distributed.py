@@ -422,11 +422,11 @@ class LossForward(torch.nn.Module):
         super().__init__()
         self.inner = model
 
-    def forward(self, batch: Any) -> torch.Tensor:
-        return self.inner.loss(batch)
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.inner.loss(*args, **kwargs)
 
 
-def wrap_ddp_loss(model: torch.nn.Module) -> Callable[[Any], torch.Tensor]:
+def wrap_ddp_loss(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
     """``batch -> loss`` that all-reduces gradients under DDP, else plain ``model.loss``.
     Buffers are not re-broadcast every step (``broadcast_buffers=False``): resid models keep
     only dataset-derived constants there (item features, proposals), equal on every rank."""
