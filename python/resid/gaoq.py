@@ -92,11 +92,9 @@ def check_branching(branching: Any, n: int | None, fn: str) -> tuple[int, ...]:
 # ---- the balanced k-means kernels (resid.kmeans, built on resid_ext.balanced_assign*) ------
 def _kmeans_root(x: np.ndarray, k: int, iters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Balanced k-means of all rows: (centroids [k, d] float32, labels [N] int64)."""
-    import torch
-
     from resid.kmeans import balanced_kmeans
 
-    c, lab = balanced_kmeans(torch.from_numpy(x), k, iters=iters, seed=seed)
+    c, lab = balanced_kmeans(_tensor(x), k, iters=iters, seed=seed)
     return _np(c, np.float32), _np(lab, np.int64)
 
 
@@ -109,7 +107,7 @@ def _kmeans_segments(x: np.ndarray, offsets: np.ndarray, k: int, iters: int, see
 
     from resid.kmeans import balanced_kmeans_segmented
 
-    out = balanced_kmeans_segmented(torch.from_numpy(x), torch.from_numpy(offsets), k, iters=iters, seed=seed)
+    out = balanced_kmeans_segmented(_tensor(x), torch.from_numpy(offsets), k, iters=iters, seed=seed)
     cent, c_off, lab = _np(out.centroids, np.float32), _np(out.centroid_offsets, np.int64), _np(out.labels, np.int64)
     s = len(offsets) - 1
     ks = np.diff(c_off)
@@ -118,6 +116,18 @@ def _kmeans_segments(x: np.ndarray, offsets: np.ndarray, k: int, iters: int, see
     slot = np.repeat(np.arange(s) * k, ks) + (np.arange(len(cent)) - np.repeat(c_off[:-1], ks))
     full[slot] = cent
     return full, lab - c_off[seg]
+
+
+def _tensor(x: np.ndarray) -> Any:
+    """Zero-copy torch view of ``x``; a read-only array (a memory-mapped embeddings.npy) is fine
+    because the kernels never write to their input."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(x)
 
 
 def _np(t: Any, dtype: Any) -> np.ndarray:
