@@ -91,19 +91,43 @@ def check_branching(branching: Any, n: int | None, fn: str) -> tuple[int, ...]:
 
 # ---- the balanced k-means kernels (resid.kmeans, built on resid_ext.balanced_assign*) ------
 def _kmeans_root(x: np.ndarray, k: int, iters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced k-means of all rows: (centroids [k, d] float32, labels [N] int64)."""
     from resid.kmeans import balanced_kmeans
 
-    c, lab = balanced_kmeans(x, k, iters=iters, seed=seed)
+    c, lab = balanced_kmeans(_tensor(x), k, iters=iters, seed=seed)
     return _np(c, np.float32), _np(lab, np.int64)
 
 
 def _kmeans_segments(x: np.ndarray, offsets: np.ndarray, k: int, iters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Balanced k-means inside every segment of ``x`` (rows grouped by parent) in one call ->
-    (centroids [S*k, d], labels [N] local in [0, k))."""
+    (centroids [S*k, d], labels [N] local in [0, k)). A segment with n_s < k rows gets n_s
+    clusters from the kernel; its other k - n_s slots stay empty (NaN centroids here, replaced
+    by the caller)."""
+    import torch
+
     from resid.kmeans import balanced_kmeans_segmented
 
-    c, lab = balanced_kmeans_segmented(x, offsets, k, iters=iters, seed=seed)
-    return _np(c, np.float32).reshape(-1, x.shape[1]), _np(lab, np.int64)
+    out = balanced_kmeans_segmented(_tensor(x), torch.from_numpy(offsets), k, iters=iters, seed=seed)
+    cent, c_off, lab = _np(out.centroids, np.float32), _np(out.centroid_offsets, np.int64), _np(out.labels, np.int64)
+    s = len(offsets) - 1
+    ks = np.diff(c_off)
+    seg = np.repeat(np.arange(s), np.diff(offsets))  # segment of each (sorted) row
+    full = np.full((s * k, x.shape[1]), np.nan, dtype=np.float32)
+    slot = np.repeat(np.arange(s) * k, ks) + (np.arange(len(cent)) - np.repeat(c_off[:-1], ks))
+    full[slot] = cent
+    return full, lab - c_off[seg]
+
+
+def _tensor(x: np.ndarray) -> Any:
+    """Zero-copy torch view of ``x``; a read-only array (a memory-mapped embeddings.npy) is fine
+    because the kernels never write to their input."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(x)
 
 
 def _np(t: Any, dtype: Any) -> np.ndarray:
