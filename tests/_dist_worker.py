@@ -237,10 +237,34 @@ def scenario_fit_kill(out: Path) -> dict:
     return {}
 
 
+# ---- sharded GAOQ ---------------------------------------------------------------------------
+GAOQ_CASES = {"two_levels": dict(branching=(4, 3)), "three_levels": dict(branching=(3, 3, 2), anchors=(4, 2)),
+              "sampled": dict(branching=(4, 3), level1_sample=200, chunk_rows=90)}
+
+
+def gaoq_embeddings(n: int = 500, d: int = 8) -> np.ndarray:
+    g = np.random.default_rng(4)
+    centers = g.normal(size=(6, d)) * 3
+    return (centers[g.integers(0, 6, n)] + g.normal(size=(n, d))).astype(np.float32)
+
+
+def scenario_gaoq(out: Path) -> dict:
+    from resid.gaoq_dist import fit_sharded
+
+    D.init()
+    z = np.load(out / "z.npy", mmap_mode="r")  # every rank maps the same file
+    res = {}
+    for name, kw in GAOQ_CASES.items():
+        gq = fit_sharded(z, seed=3, iters=5, **kw)
+        res[name] = {"codes": gq.codes.tolist(), "centroids": [c.tolist() for c in gq.tree.centroids],
+                     "assign": gq.assign(np.asarray(z[:50])).tolist()}
+    return res
+
+
 if __name__ == "__main__":
     scenario, out_dir = sys.argv[1], Path(sys.argv[2])
     result = {"main": scenario_main, "mismatch": scenario_mismatch, "kill": scenario_kill,
-              "fit": scenario_fit, "fit_kill": scenario_fit_kill}[scenario](out_dir)
+              "fit": scenario_fit, "fit_kill": scenario_fit_kill, "gaoq": scenario_gaoq}[scenario](out_dir)
     if result:
         D.rank0_write(out_dir / "result.json", lambda tmp: tmp.write_text(json.dumps(result)))
     D.shutdown()
