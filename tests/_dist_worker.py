@@ -258,7 +258,14 @@ def scenario_gaoq(out: Path) -> dict:
         gq = fit_sharded(z, seed=3, iters=5, **kw)
         res[name] = {"codes": gq.codes.tolist(), "centroids": [c.tolist() for c in gq.tree.centroids],
                      "assign": gq.assign(np.asarray(z[:50])).tolist()}
-    return res
+    D.rank0_write(out / "result.json", lambda tmp: tmp.write_text(json.dumps(res)))
+    # The CLI on the same process group (it leaves the group when done, so it runs last).
+    from resid.cli import main
+
+    rc = main(["quantize", str(out / "emb"), str(out / "q"), "--branching", "4,3", "--iters", "5", "--seed", "3", "--distributed"])
+    if rc:
+        raise SystemExit(rc)
+    return {}
 
 
 if __name__ == "__main__":

@@ -15,16 +15,19 @@ import _dist_worker as W  # noqa: E402
 from test_distributed import launch  # noqa: E402
 
 from resid.gaoq import GAOQ  # noqa: E402
+from resid.io import load_sids, save_embeddings  # noqa: E402
 from resid.gaoq_dist import fit_sharded  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("gaoq_ddp")
-    np.save(out / "z.npy", W.gaoq_embeddings())
+    z = W.gaoq_embeddings()
+    np.save(out / "z.npy", z)
+    save_embeddings(out / "emb", np.array([f"i{i}" for i in range(len(z))]), z)
     proc = launch("gaoq", out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return json.loads((out / "result.json").read_text())
+    return {"dir": out, **json.loads((out / "result.json").read_text())}
 
 
 @pytest.mark.parametrize("case", ["two_levels", "three_levels"])
@@ -40,6 +43,13 @@ def test_two_ranks_give_the_single_process_sids(ddp, case):
         np.testing.assert_array_equal(np.array(ddp[case]["centroids"][lvl], dtype=np.float32), c)
     # The gathered tree is a complete quantizer: assign() on rank 0 == the single-process one.
     np.testing.assert_array_equal(np.array(ddp[case]["assign"]), ref.assign(z[:50]))
+
+
+def test_cli_quantize_distributed_writes_the_single_process_sids(ddp):
+    ids, codes = load_sids(ddp["dir"] / "q" / "sids.parquet")
+    assert ids.tolist() == [f"i{i}" for i in range(500)]
+    np.testing.assert_array_equal(codes, GAOQ(branching=(4, 3), seed=3, iters=5, progress=False).fit(W.gaoq_embeddings()))
+    assert (ddp["dir"] / "q" / "quantize_report.json").is_file() and (ddp["dir"] / "q" / "quantizer.npz").is_file()
 
 
 def test_single_process_fit_sharded_equals_gaoq():

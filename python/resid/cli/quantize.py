@@ -28,6 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", default=None, help="prepared dataset folder: adds the history/target code overlap")
     p.add_argument("--compare", action="store_true", help="also fit the other two methods and print all side by side")
+    p.add_argument("--distributed", action="store_true",
+                   help="GAOQ with parents split across the processes torchrun started (auto-detected under torchrun; "
+                        "same SIDs as one process); rank 0 writes the files")
+    p.add_argument("--level1-sample", type=int, default=None,
+                   help="with --distributed: fit level-1 centroids on a seeded sample of this many rows (less memory "
+                        "per rank; SIDs then differ from a one-process run, see docs/distributed.md)")
     p.set_defaults(func=run)
 
 
@@ -59,13 +65,20 @@ def _overlap_inputs(dataset: str, item_ids: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def quantize(z: np.ndarray, method: str, branching: tuple[int, ...] | None, iters: int, seed: int,
-             hist: np.ndarray | None, targets: np.ndarray | None) -> tuple[Any, np.ndarray, dict[str, Any]]:
+             hist: np.ndarray | None, targets: np.ndarray | None, level1_sample: int | None = None) -> tuple[Any, np.ndarray, dict[str, Any]]:
+    from resid import distributed as D
     from resid.diagnostics import quantizer_report
     from resid.quantizers import make_quantizer
 
-    q = make_quantizer(method, branching, seed=seed, iters=iters)
     t0 = time.perf_counter()
-    codes = q.fit(z)
+    if method == "gaoq" and (D.is_distributed() or level1_sample is not None):  # sharded GAOQ (resid.gaoq_dist)
+        from resid.gaoq_dist import fit_sharded
+
+        q = fit_sharded(z, branching, seed=seed, iters=iters, level1_sample=level1_sample)
+        codes = q.codes
+    else:
+        q = make_quantizer(method, branching, seed=seed, iters=iters)
+        codes = q.fit(z)
     seconds = time.perf_counter() - t0
     report = quantizer_report(codes, z, q.code_sizes(), hist, targets)
     report.update(method=method, fit_seconds=round(seconds, 3), fit_info=q.fit_info)
@@ -92,8 +105,10 @@ def format_compare(reports: dict[str, dict[str, Any]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from resid.diagnostics import plot_report
+    from resid import distributed as D
     from resid.io import load_embeddings, save_sids, write_json
 
+    D.init(distributed=True if args.distributed else None, device="cpu")
     item_ids, emb, meta = load_embeddings(args.embeddings)
     if len(np.unique(item_ids)) != len(item_ids):
         vals, counts = np.unique(item_ids, return_counts=True)
@@ -108,12 +123,15 @@ def run(args: argparse.Namespace) -> int:
     reports: dict[str, dict[str, Any]] = {}
     for m in methods:
         print(f"resid quantize: fitting {m} on {z.shape[0]} x {z.shape[1]}", file=sys.stderr)
-        q, codes, rep = quantize(z, m, branching, args.iters, args.seed, hist, targets)
+        q, codes, rep = quantize(emb if D.is_distributed() else z, m, branching, args.iters, args.seed, hist, targets,
+                                 args.level1_sample if m == "gaoq" else None)
         reports[m] = rep
-        if m == args.method:
+        if m == args.method and D.is_main():  # rank 0 writes
             save_sids(out / "sids.parquet", item_ids, codes)
             q.save(out / "quantizer.npz")
             plot_report(codes, rep, out / "quantize_report.png", title=f"{m} on {args.embeddings}")
+    if not D.is_main():
+        return 0
     report = {**reports[args.method], "embeddings": str(args.embeddings), "embedding_meta": meta}
     if args.compare:
         report["compare"] = reports
