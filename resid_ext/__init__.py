@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from resid_ext import _C
 from resid_ext._device import build_info, has_cuda
+from resid_ext.beam import BeamStep, Trie, beam_start, trie_beam_step
 
 __version__: str = _C.__version__
 
-__all__ = ["build_info", "has_cuda", "__version__"]
+__all__ = ["build_info", "has_cuda", "__version__", "BeamStep", "Trie", "beam_start", "trie_beam_step"]
