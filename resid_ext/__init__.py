@@ -8,6 +8,7 @@ from __future__ import annotations
 from resid_ext import _C
 from resid_ext._device import build_info, has_cuda
 from resid_ext.balanced import balanced_assign, balanced_assign_segmented, default_capacity
+from resid_ext.beam import BeamStep, Trie, beam_start, trie_beam_step
 
 __version__: str = _C.__version__
 
@@ -18,4 +19,8 @@ __all__ = [
     "default_capacity",
     "has_cuda",
     "__version__",
+    "BeamStep",
+    "Trie",
+    "beam_start",
+    "trie_beam_step",
 ]

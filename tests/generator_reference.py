@@ -100,3 +100,17 @@ def exhaustive_scores(model: Generator, enc: torch.Tensor, mask: torch.Tensor, s
     for b in range(enc.shape[0]):
         rows.append(model.sequence_log_prob(enc[b : b + 1].expand(N, -1), mask[b : b + 1].expand(N, -1), tok))
     return torch.stack(rows)
+
+
+def synthetic_dataset(sequences: list[list[int]], num_items: int, name: str = "synthetic"):
+    """A PreparedDataset with only the item_id field, from per-user item-row sequences."""
+    from resid.data.dataset import PreparedDataset
+
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])]).astype(np.int64)
+    return PreparedDataset(
+        name=name, fields=["item_id"], item_ids=np.array([f"i{i}" for i in range(num_items)]),
+        item_features=np.arange(1, num_items + 1, dtype=np.int64)[:, None], vocab_sizes=[num_items + 2],
+        field_values=[np.array([f"i{i}" for i in range(num_items)])],
+        user_ids=np.array([f"u{u}" for u in range(len(sequences))]), seq_offsets=offsets,
+        seq_items=np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]),
+    )
