@@ -268,10 +268,45 @@ def scenario_gaoq(out: Path) -> dict:
     return {}
 
 
+# ---- generator training and batched recommendation -----------------------------------------
+def generator_setup():
+    """Tiny generator problem: 12 items on a cycle, 3-level SIDs, global batch 7 (odd: the
+    ranks get 4 and 3 rows, loss weights 8/7 and 6/7)."""
+    from generator_reference import synthetic_dataset
+    from test_decode import random_sids
+
+    from resid.generator import GeneratorConfig
+
+    n = 12
+    sids = random_sids(n, [3, 3, 3], seed=0)
+    starts = np.random.default_rng(0).permutation(n)[:12] % n
+    ds = synthetic_dataset([[(int(s) + t) % n for t in range(7)] for s in starts], n)
+    cfg = GeneratorConfig(d_model=16, d_ff=32, num_heads=2, d_kv=8, encoder_layers=2, decoder_layers=2,
+                          codes_per_level=[3, 3, 3], dropout=0.0, batch_size=7, epochs=2, patience=100, beam=8,
+                          lr=5e-3, max_history=5)
+    return ds, sids, cfg
+
+
+def scenario_generator(out: Path) -> dict:
+    from resid.generator_train import load_checkpoint, train
+    from resid.recommender import Recommender
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    D.init()
+    ds, sids, cfg = generator_setup()
+    fresh = train(ds, sids, out / "fresh", cfg, progress=False)
+    resumed = train(ds, sids, out / "from_single", cfg, resume=True, progress=False)
+    model, _ = load_checkpoint(out / "fresh")
+    hist = ds.train_samples(max_len=6)[:, :-1]
+    items, scores = Recommender(model, sids, beam=8, batch_size=5).recommend_rows(hist, k=4)
+    return {"fresh": fresh["history"], "resumed": resumed["history"], "items": items.tolist(), "scores": scores.tolist()}
+
+
 if __name__ == "__main__":
     scenario, out_dir = sys.argv[1], Path(sys.argv[2])
     result = {"main": scenario_main, "mismatch": scenario_mismatch, "kill": scenario_kill,
-              "fit": scenario_fit, "fit_kill": scenario_fit_kill, "gaoq": scenario_gaoq}[scenario](out_dir)
+              "fit": scenario_fit, "fit_kill": scenario_fit_kill, "gaoq": scenario_gaoq,
+              "generator": scenario_generator}[scenario](out_dir)
     if result:
         D.rank0_write(out_dir / "result.json", lambda tmp: tmp.write_text(json.dumps(result)))
     D.shutdown()

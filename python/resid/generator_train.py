@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from resid import distributed as D
 from resid.data.dataset import PreparedDataset
 from resid.decode import StepFn
 from resid.generator import Generator, GeneratorConfig, codes_per_level_of
@@ -96,6 +97,15 @@ def train(ds: PreparedDataset, sids: Any, out_dir: str | os.PathLike[str], cfg: 
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train: --device cuda requested but torch sees no CUDA device")
+    # Distributed hook (resid.distributed): joins the torchrun group if there is one; rank r
+    # trains on every W-th row of each global batch; rank 0 writes every file.
+    D.init(device=str(device.type))
+    if D.is_distributed():
+        device = D.training_device(str(device))
+        D.check_config({"config": cfg.to_dict(), "sids_sha256": sids_digest(codes), "dataset": ds.name,
+                        "valid_users": valid_users}, "generator config")
+    world = D.get_world_size()
+    progress = progress and D.is_main()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -121,31 +131,41 @@ def train(ds: PreparedDataset, sids: Any, out_dir: str | os.PathLike[str], cfg: 
         sched.load_state_dict(saved["scheduler"])
         state = saved["state"]
     rec = Recommender(model, codes, beam=cfg.beam, device=device, trie=trie, step=step)
+    step_loss = D.wrap_ddp_loss(model)  # model.loss, or DDP over it
     meta = {"sids_sha256": sids_digest(codes), "num_items": int(len(codes)), "dataset": ds.name}
 
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"]
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout + shuffle: reproducible, also after resume
         perm = torch.randperm(len(target), device=device)
+        if D.get_rank():  # other ranks: their own dropout stream, still reproducible
+            torch.manual_seed(D.rank_seed(cfg.seed, epoch))
         model.train()
         total = 0.0
         bar = tqdm(range(steps_per_epoch), desc=f"generator epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                    file=sys.stderr, leave=False)
         for i in bar:
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            loss = model.loss(enc_all[idx], mask_all[idx], tgt_all[idx])
+            batch = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            idx, weight = D.local_batch(batch)
+            loss = step_loss(enc_all[idx], mask_all[idx], tgt_all[idx])
+            if world > 1:  # weight makes DDP's gradient average the global-batch mean
+                loss = loss * weight
+                reported = D.all_reduce_sum(loss.detach()) / world
+            else:
+                reported = loss.detach()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss.detach()) * len(idx)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            total += float(reported) * len(batch)
+            bar.set_postfix(loss=f"{float(reported):.4f}")
         valid = evaluate(model, ds, codes, "valid", max_users=valid_users, recommender=rec, progress=progress)
         record = {"epoch": epoch + 1, "loss": total / len(target), **{f"valid_{k}": v for k, v in valid.items()}}
         state["history"].append(record)
         if state["best"] is None or valid["ndcg@10"] > state["best"]["ndcg@10"]:
             state.update(best=valid, best_epoch=epoch + 1, bad_epochs=0)
-            save_checkpoint(out, model, {**meta, "epoch": epoch + 1, "valid": valid})
+            if D.is_main():
+                save_checkpoint(out, model, {**meta, "epoch": epoch + 1, "valid": valid})
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
@@ -153,5 +173,7 @@ def train(ds: PreparedDataset, sids: Any, out_dir: str | os.PathLike[str], cfg: 
             print(json.dumps(record), file=sys.stderr)
         full = {"config": cfg.to_dict(), "sids_sha256": meta["sids_sha256"], "model": model.state_dict(),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state}
-        atomic_write(out / STATE, lambda tmp: torch.save(full, tmp))
+        if D.is_main():
+            atomic_write(out / STATE, lambda tmp: torch.save(full, tmp))
+        D.barrier()  # the others wait until the checkpoint is complete
     return {"best_epoch": state["best_epoch"], "best": state["best"], "history": state["history"]}

@@ -159,11 +159,22 @@ class Recommender:
         scores = np.full((len(h), k), -np.inf, dtype=np.float32)
         from tqdm import tqdm
 
-        starts = range(0, len(h), self.batch_size)
-        for s in tqdm(starts, desc="recommend", unit="batch", disable=not progress, leave=False):
+        from resid import distributed as D
+
+        # Under torchrun this is collective: each rank decodes a contiguous block of the same
+        # batches one process would, and the blocks are gathered in order (identical results).
+        starts = list(range(0, len(h), self.batch_size))
+        lo, hi = D.shard_range(len(starts))
+        mine = starts[lo:hi]
+        for s in tqdm(mine, desc="recommend", unit="batch", disable=not progress or not D.is_main(), leave=False):
             hist = torch.as_tensor(h[s : s + self.batch_size], device=self.device)
             enc, mask = self.model.vocab.encoder_input(self.sid_tokens, hist)
             top = beam_search(self.model, enc, mask, self.trie, beam, k, step=self.step)
             items[s : s + len(hist)] = top.items.cpu().numpy()
             scores[s : s + len(hist)] = top.scores.cpu().numpy()
+        if D.is_distributed():
+            a = mine[0] if mine else len(h)
+            e = min(mine[-1] + self.batch_size, len(h)) if mine else len(h)
+            items = D.gather_concat(torch.from_numpy(items[a:e])).numpy()
+            scores = D.gather_concat(torch.from_numpy(scores[a:e])).numpy()
         return items, scores
