@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # One module per subcommand, in the order `resid --help` lists them.
-COMMANDS = ["info", "famae", "baseline"]
+COMMANDS = ["info", "datasets", "prepare", "famae", "baseline"]
 
 
 def build_parser() -> argparse.ArgumentParser:
