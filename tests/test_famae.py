@@ -285,3 +285,15 @@ def test_nan_loss_stops_with_message(tmp_path, monkeypatch):
     with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2.*last \\(epoch 1\\)"):
         FAMAE(FAMAEConfig(**TINY, epochs=3)).fit(ds, tmp_path)
     assert (tmp_path / "best" / "model.safetensors").is_file()
+
+
+def test_padding_trim_changes_nothing():
+    ds = make_dataset()
+    model = tiny_model(ds, dropout=0.0).eval()
+    rows = torch.from_numpy(ds.train_samples(8)[:6])
+    rows[:, :3] = -1  # leading all-padding columns, trimmed inside encode()
+    mask = torch.zeros(6, ds.num_fields, dtype=torch.bool)
+    mask[:, 0] = True
+    with torch.no_grad():
+        full = model.encoder(model.emb(model.masked_tokens(rows, mask)), rows >= 0)[:, -1]
+        torch.testing.assert_close(model.encode(rows, mask), full)

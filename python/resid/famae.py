@@ -25,7 +25,7 @@ from torch import nn
 from resid.data.dataset import PreparedDataset
 from resid.io import save_embeddings
 from resid.nn import Encoder, FieldEmbedding, scaled_cosine
-from resid.seqeval import check_dataset, dataset_fingerprint, eval_windows, lookup_tokens, ranking_metrics, select_fields
+from resid.seqeval import check_dataset, dataset_fingerprint, eval_windows, lookup_tokens, ranking_metrics, select_fields, trim_padding
 from resid.training import TrainConfig, TrainResult, check_fingerprint, config_dict, fit, load_weights, read_checkpoint_meta, resolve_device
 
 
@@ -122,6 +122,7 @@ class FAMAEModel(nn.Module):
 
     def encode(self, rows: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
         """Contextual state of the (masked) target position, h_T: [B, d]."""
+        rows = trim_padding(rows)
         h = self.encoder(self.emb(self.masked_tokens(rows, target_mask)), rows >= 0)
         return h[:, -1]
 
