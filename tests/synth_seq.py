@@ -32,5 +32,5 @@ def make_dataset(num_items: int = 40, num_users: int = 120, seq_len: tuple[int, 
         item_features=item_features, vocab_sizes=vocab,
         field_values=[np.array([str(v) for v in range(n)]) for n in [num_items, *field_sizes]],
         user_ids=np.array([f"u{u}" for u in range(num_users)]), seq_offsets=offsets,
-        seq_items=np.concatenate([np.asarray(s) for s in seqs]).astype(np.int64),
+        seq_items=np.concatenate([np.asarray(s) for s in seqs] + [np.zeros(0)]).astype(np.int64),
     )

@@ -25,7 +25,7 @@ from torch import nn
 from resid.data.dataset import PreparedDataset
 from resid.io import save_embeddings
 from resid.nn import Encoder, FieldEmbedding, scaled_cosine
-from resid.seqeval import check_dataset, dataset_fingerprint, eval_windows, lookup_tokens, ranking_metrics, select_fields
+from resid.seqeval import check_dataset, dataset_fingerprint, eval_windows, lookup_tokens, ranking_metrics, select_fields, trim_padding
 from resid.training import TrainConfig, TrainResult, check_fingerprint, config_dict, fit, load_weights, read_checkpoint_meta, resolve_device
 
 
@@ -34,7 +34,7 @@ class FAMAEConfig:
     """Paper defaults (Appendix E). ``fields``: None = every dataset field (``item_id`` first).
     ``field_weights``: alpha_k by field name (missing = 1). A field whose value count exceeds
     ``sampled_softmax_threshold`` is trained with sampled softmax (``num_negatives`` negatives
-    drawn from its smoothed training-target frequency, log-Q corrected)."""
+    drawn from its +1-smoothed training-target frequency, log-Q corrected)."""
 
     d: int = 128
     layers: int = 2
@@ -113,13 +113,17 @@ class FAMAEModel(nn.Module):
         rank = torch.rand(B, J, device=device).argsort(dim=1).argsort(dim=1)  # a uniform random permutation
         return rank < k
 
-    def encode(self, rows: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
-        """rows: [B, T] item rows (-1 pad; last column = target); target_mask: [B, J] bool, fields
-        of the target replaced by their mask token. Returns h_T: [B, d]."""
+    def masked_tokens(self, rows: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+        """rows: [B, T] item rows (-1 pad; last column = target); target_mask: [B, J] bool.
+        Returns [B, T, J] tokens where the target's masked fields hold their field's mask token."""
         tok = lookup_tokens(self.features, rows)
         tgt = torch.where(target_mask, self.mask_tokens.expand_as(target_mask), tok[:, -1])
-        tok = torch.cat([tok[:, :-1], tgt[:, None]], dim=1)
-        h = self.encoder(self.emb(tok), rows >= 0)
+        return torch.cat([tok[:, :-1], tgt[:, None]], dim=1)
+
+    def encode(self, rows: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+        """Contextual state of the (masked) target position, h_T: [B, d]."""
+        rows = trim_padding(rows)
+        h = self.encoder(self.emb(self.masked_tokens(rows, target_mask)), rows >= 0)
         return h[:, -1]
 
     def field_loss(self, h: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
@@ -142,16 +146,14 @@ class FAMAEModel(nn.Module):
         return total / h.shape[0]
 
     def _sampled_ce(self, j: int, h: torch.Tensor, y: torch.Tensor, table: torch.Tensor, neg: torch.Tensor | None) -> torch.Tensor:
-        """Sampled softmax with log-Q correction: logits of the true value and S shared negatives
-        drawn from proposal Q, each minus log(S * Q(v)); negatives equal to the label are dropped."""
+        """Sampled softmax with log-Q correction: S shared negatives v_s ~ Q, each logit minus
+        log(S * Q(v_s)); negatives equal to the label are dropped. Then sum_s exp(corrected
+        logit) is an unbiased estimate of the partition over the non-target values, so the loss
+        estimates the full-softmax CE. The true value's logit is not corrected (it is not sampled)."""
         log_q = getattr(self, f"log_q{j}")
-        S = self.cfg.num_negatives
-        idx = torch.multinomial(log_q.exp(), S, replacement=True) if neg is None else neg.to(h.device) - 1
-        pos = (F.normalize(h, dim=-1) * F.normalize(table[y], dim=-1)).sum(-1) * h.shape[-1] ** 0.5
-        negl = scaled_cosine(h, table[idx])  # [B, S]
-        correction = float(np.log(len(idx)))
-        pos = pos - (log_q[y] + correction)
-        negl = negl - (log_q[idx] + correction)[None]
+        idx = torch.multinomial(log_q.exp(), self.cfg.num_negatives, replacement=True) if neg is None else neg.to(h.device) - 1
+        pos = (F.normalize(h, dim=-1) * F.normalize(table[y], dim=-1)).sum(-1) * h.shape[-1] ** 0.5  # [B]
+        negl = scaled_cosine(h, table[idx]) - (log_q[idx] + float(np.log(len(idx))))[None]  # [B, S]
         negl = negl.masked_fill(idx[None] == y[:, None], float("-inf"))  # accidental hits
         logits = torch.cat([pos[:, None], negl], dim=1)
         return F.cross_entropy(logits, torch.zeros_like(y), reduction="sum")

@@ -59,6 +59,15 @@ def lookup_tokens(features: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return tok * valid[..., None]
 
 
+def trim_padding(rows: torch.Tensor, keep_last: int = 1) -> torch.Tensor:
+    """Drop leading columns that are padding in every row of ``rows`` ([B, T], -1 = pad),
+    keeping at least ``keep_last`` columns. Positions are right-aligned and padding is masked,
+    so valid positions compute the same values, only cheaper on short sequences."""
+    nonpad = (rows >= 0).any(dim=0).nonzero()
+    first = int(nonpad[0]) if len(nonpad) else rows.shape[1] - keep_last
+    return rows[:, min(first, rows.shape[1] - keep_last) :]
+
+
 def eval_windows(ds: PreparedDataset, which: str, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Leave-one-out windows for ``which`` ('valid'|'test'): [U, length] item rows whose last
     column is the target and the rest the most recent ``length - 1`` history items (-1 padded),

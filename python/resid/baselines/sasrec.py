@@ -22,7 +22,7 @@ from torch import nn
 
 from resid.data.dataset import ITEM_FIELD, PreparedDataset
 from resid.nn import Encoder, FieldEmbedding, scaled_cosine
-from resid.seqeval import check_dataset, dataset_fingerprint, eval_windows, lookup_tokens, ranking_metrics, select_fields
+from resid.seqeval import check_dataset, dataset_fingerprint, eval_windows, lookup_tokens, ranking_metrics, select_fields, trim_padding
 from resid.training import TrainConfig, TrainResult, check_fingerprint, config_dict, fit, load_weights, read_checkpoint_meta, resolve_device
 
 
@@ -83,6 +83,7 @@ class SASRecModel(nn.Module):
 
     def encode(self, history: torch.Tensor) -> torch.Tensor:
         """history: [B, T] item rows (-1 left padding), most recent last -> [B, d] state after it."""
+        history = trim_padding(history)
         h = self.encoder(self.emb(lookup_tokens(self.features, history)), history >= 0)
         return h[:, -1]
 

@@ -9,12 +9,11 @@ from resid.data.dataset import PreparedDataset
 
 
 def open_dataset_arg(spec: str) -> PreparedDataset:
-    """A prepared-dataset folder, or any spec ``resid.data.open_dataset`` accepts (e.g. builtin:NAME)."""
-    import resid.data as data
+    """A prepared-dataset folder, or any spec ``resid.data.open_dataset`` accepts (builtin:NAME,
+    a raw folder prepared on the fly with the paper's protocol)."""
+    from resid.data import open_dataset
 
-    if hasattr(data, "open_dataset"):
-        return data.open_dataset(spec)
-    return data.load_prepared(spec)
+    return open_dataset(spec)
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
