@@ -37,7 +37,11 @@ class TopK(NamedTuple):
 def _default_step() -> StepFn:
     import resid_ext
 
-    return resid_ext.trie_beam_step
+    def step(log_probs: torch.Tensor, scores: torch.Tensor, nodes: torch.Tensor, trie: Any) -> Any:
+        # nodes come from earlier steps of this loop: skip the value checks (a host sync each)
+        return resid_ext.trie_beam_step(log_probs, scores, nodes, trie, check_values=False)
+
+    return step
 
 
 class _Decoder:
