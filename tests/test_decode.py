@@ -127,3 +127,33 @@ def test_bad_arguments():
         beam_search(model, enc, mask, trie, 0, step=torch_trie_beam_step)
     with pytest.raises(ValueError, match=r"k must be in \[1, beam=4\]"):
         beam_search(model, enc, mask, trie, 4, k=5, step=torch_trie_beam_step)
+
+
+def test_matches_hugging_face_generate():
+    """Our top-W equals HF ``generate(num_beams=W, prefix_allowed_tokens_fn=...)`` on the same weights."""
+    pytest.importorskip("transformers")
+    from resid.generator import EOS, PAD, to_hf
+
+    codes, beam = [8, 4, 5], 6  # >= beam codes at level 1, so HF's first step has W live beams
+    sids = random_sids(60, codes, seed=11)
+    sids[:8, 0] = np.arange(8)  # every level-1 code is used
+    sids = np.unique(sids, axis=0)
+    model = tiny_model(codes, seed=11)
+    hf = to_hf(model)
+    enc, mask = random_inputs(model, sids, B=3, T=3, seed=11)
+    got = beam_search(model, enc, mask, DenseTrie(sids), beam, step=torch_trie_beam_step)
+    tok = model.vocab.tokens(torch.as_tensor(sids)).tolist()
+    allowed: dict[tuple[int, ...], set[int]] = {}
+    for t in tok:
+        for level in range(len(codes)):
+            allowed.setdefault(tuple(t[:level]), set()).add(t[level])
+    leaf = {tuple(t): i for i, t in enumerate(tok)}
+    with torch.no_grad():
+        out = hf.generate(input_ids=enc, attention_mask=mask.long(), num_beams=beam, num_return_sequences=beam,
+                          max_new_tokens=len(codes), length_penalty=0.0, do_sample=False, decoder_start_token_id=BOS,
+                          pad_token_id=PAD, eos_token_id=EOS, output_scores=True, return_dict_in_generate=True,
+                          prefix_allowed_tokens_fn=lambda b, ids: sorted(allowed.get(tuple(ids[1:].tolist()), {EOS})))
+    seqs = out.sequences[:, 1:].reshape(3, beam, -1).tolist()
+    hf_items = torch.tensor([[leaf[tuple(s)] for s in row] for row in seqs])
+    assert torch.equal(got.items, hf_items)
+    torch.testing.assert_close(got.scores, out.sequences_scores.reshape(3, beam).float(), atol=1e-5, rtol=0)

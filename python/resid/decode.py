@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from resid.generator import BOS, Generator, mask_bias
 
@@ -37,7 +38,11 @@ class TopK(NamedTuple):
 def _default_step() -> StepFn:
     import resid_ext
 
-    return resid_ext.trie_beam_step
+    def step(log_probs: torch.Tensor, scores: torch.Tensor, nodes: torch.Tensor, trie: Any) -> Any:
+        # nodes come from earlier steps of this loop: skip the value checks (a host sync each)
+        return resid_ext.trie_beam_step(log_probs, scores, nodes, trie, check_values=False)
+
+    return step
 
 
 class _Decoder:
@@ -55,14 +60,17 @@ class _Decoder:
              blk.cross_attn.v(enc).view(B, T, self.h, self.dk).transpose(1, 2))  # type: ignore[union-attr]
             for blk in model.decoder
         ]
-        L = cfg.num_levels
+        L = self.L = cfg.num_levels
         # decoder self-attention position bias for query s vs keys 0..s: [h, L, L]
         self.self_bias = model.decoder[0].self_attn.position_bias(L, L, enc.device)[0]
-        self.cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # q, k, v of self-attention in one GEMM: [3*h*dk, d]
+        self.qkv = [torch.cat([b.self_attn.q.weight, b.self_attn.k.weight, b.self_attn.v.weight]) for b in model.decoder]
+        # per layer: keys and values of all L positions, [R, 2, h, L, dk] (filled up to the current step)
+        self.cache: list[torch.Tensor] = []
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep cache rows ``rows`` ([R'] int64 into the current R rows), e.g. the parents' rows."""
-        self.cache = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.cache]
+        self.cache = [c.index_select(0, rows) for c in self.cache]
 
     def step(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
         """tokens: [B*w] (w beams per user, user-major) at decoder position ``pos`` -> logits [B*w, V]."""
@@ -71,18 +79,15 @@ class _Decoder:
         w = R // self.B
         x = m.embed(tokens)  # [R, d]
         bias = self.self_bias[:, pos : pos + 1, : pos + 1].unsqueeze(0)  # [1, h, 1, pos+1]
-        new_cache = []
+        if not self.cache:
+            self.cache = [x.new_empty(R, 2, h, self.L, dk) for _ in m.decoder]
         for i, blk in enumerate(m.decoder):
             a = blk.self_attn
-            y = blk.self_norm(x)
-            q = a.q(y).view(R, h, 1, dk)
-            k = a.k(y).view(R, h, 1, dk)
-            v = a.v(y).view(R, h, 1, dk)
-            if self.cache:
-                k = torch.cat([self.cache[i][0], k], dim=2)
-                v = torch.cat([self.cache[i][1], v], dim=2)
-            new_cache.append((k, v))
-            att = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) + bias, dim=-1)  # [R, h, 1, pos+1]
+            qkv = F.linear(blk.self_norm(x), self.qkv[i]).view(R, 3, h, dk)
+            kv = self.cache[i]
+            kv[:, :, :, pos] = qkv[:, 1:]
+            k, v = kv[:, 0, :, : pos + 1], kv[:, 1, :, : pos + 1]  # [R, h, pos+1, dk]
+            att = torch.softmax(torch.matmul(qkv[:, 0].unsqueeze(2), k.transpose(-1, -2)) + bias, dim=-1)  # [R, h, 1, pos+1]
             x = x + a.o(torch.matmul(att, v).view(R, h * dk))
             # cross-attention: all w beams of a user against that user's keys
             c = blk.cross_attn
@@ -91,8 +96,7 @@ class _Decoder:
             q = c.q(blk.cross_norm(x)).view(self.B, w, h, dk).transpose(1, 2)  # [B, h, w, dk]
             att = torch.softmax(torch.matmul(q, ck.transpose(-1, -2)) + self.cross_bias, dim=-1)  # [B, h, w, T]
             x = x + c.o(torch.matmul(att, cv).transpose(1, 2).reshape(R, h * dk))
-            x = x + blk.ff(blk.ff_norm(x))
-        self.cache = new_cache
+            x = x + blk.ff.wo(torch.relu_(blk.ff.wi(blk.ff_norm(x))))
         return m.lm_head(m.decoder_norm(x))
 
 

@@ -177,3 +177,15 @@ def train(ds: PreparedDataset, sids: Any, out_dir: str | os.PathLike[str], cfg: 
             atomic_write(out / STATE, lambda tmp: torch.save(full, tmp))
         D.barrier()  # the others wait until the checkpoint is complete
     return {"best_epoch": state["best_epoch"], "best": state["best"], "history": state["history"]}
+
+
+def align_sids(ds: PreparedDataset, item_ids: np.ndarray, codes: np.ndarray, source: str = "sids") -> np.ndarray:
+    """SID table ([N, L] int64, row i = dataset item row i) from ``sids.parquet`` contents,
+    matched by item id; raises ValueError naming dataset items without a SID."""
+    pos = {str(s): i for i, s in enumerate(np.asarray(item_ids).astype(str))}
+    rows = np.array([pos.get(str(s), -1) for s in ds.item_ids], dtype=np.int64)
+    missing = np.nonzero(rows < 0)[0]
+    if len(missing):
+        ex = ", ".join(repr(str(ds.item_ids[i])) for i in missing[:3])
+        raise ValueError(f"{source}: {len(missing)} of the dataset's {ds.num_items} items have no semantic ID (e.g. {ex})")
+    return np.asarray(codes, dtype=np.int64)[rows]

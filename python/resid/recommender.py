@@ -33,8 +33,9 @@ class Recommendations:
 
 
 def sids_digest(sids: np.ndarray) -> str:
-    """sha256 of an [N, L] int64 SID table (ties a checkpoint to the SIDs it was trained on)."""
-    a = np.ascontiguousarray(np.asarray(sids, dtype=np.int64))
+    """sha256 of the set of SIDs in an [N, L] table (ties a checkpoint to the SIDs it was trained
+    on; row order is irrelevant to the model, so rows are sorted first)."""
+    a = np.ascontiguousarray(np.unique(np.asarray(sids, dtype=np.int64), axis=0))
     return hashlib.sha256(str(a.shape).encode() + a.tobytes()).hexdigest()
 
 

@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # One module per subcommand, in the order `resid --help` lists them.
-COMMANDS = ["info", "datasets", "prepare", "famae", "baseline", "quantize"]
+COMMANDS = ["info", "datasets", "prepare", "famae", "baseline", "quantize", "train", "evaluate", "recommend"]
 
 
 def build_parser() -> argparse.ArgumentParser:
