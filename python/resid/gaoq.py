@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -194,13 +195,18 @@ class GAOQ:
         tree = _Tree(dim=d, branching=b)
         info: dict[str, Any] = {"method": self.method, "branching": list(b), "anchors": [], "anchor_max_cos": []}
 
+        clock = [time.perf_counter()]
         c1, node = _kmeans_root(z, b[0], cfg.iters, cfg.seed)
         tree.centroids.append(c1)
         tree.sizes.append(np.bincount(node, minlength=b[0]))
         tree.node_codes.append(np.arange(b[0], dtype=np.int64))
         for lvl in range(1, len(b)):
+            clock.append(time.perf_counter())
             node = self._fit_level(tree, z, node, b[lvl], g[lvl - 1], cfg.seed + lvl, info)
+        clock.append(time.perf_counter())
         self._fit_last(tree, z, node, cfg.seed + len(b), info)
+        clock.append(time.perf_counter())
+        info["level_seconds"] = [round(t1 - t0, 3) for t0, t1 in zip(clock, clock[1:])]
         tree.prints = fingerprint(z)
         self.tree = tree
         info["last_size"] = tree.last_size
@@ -230,6 +236,7 @@ class GAOQ:
         sizes = np.bincount(child, minlength=p * b)
         # An empty child (parent with fewer than b items) sits on its parent: zero offset.
         cent = np.where((sizes > 0)[:, None], cent, np.repeat(parents, b, axis=0))
+        t0 = time.perf_counter()
         if self.align:
             anchors = make_anchors(g, z.shape[1], seed, self.config.anchor_steps)
             res = cent.reshape(p, b, -1) - parents[:, None, :]
@@ -240,6 +247,7 @@ class GAOQ:
             info["anchor_max_cos"].append(max_coherence(anchors))
         else:
             codes = np.tile(np.arange(b, dtype=np.int64), p)
+        info.setdefault("align_seconds", []).append(round(time.perf_counter() - t0, 3))
         tree.centroids.append(cent)
         tree.sizes.append(sizes)
         tree.node_codes.append(codes.reshape(-1))
