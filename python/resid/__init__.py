@@ -6,4 +6,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from resid.gaoq import GAOQ, GAOQConfig  # noqa: E402
+
+__all__ = ["GAOQ", "GAOQConfig", "__version__"]

@@ -27,11 +27,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
 from resid.anchors import make_anchors, max_coherence
 from resid.io import atomic_write
+
+
+#: Largest last level GAOQ aligns (anchors + Hungarian per leaf are quadratic in it).
+MAX_LAST_SIZE = 4096
 
 
 @dataclass
@@ -145,6 +148,8 @@ def _unit(v: np.ndarray) -> np.ndarray:
 def _match(res: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     """Injective matching of rows of ``res`` [b, d] to anchors [g, d] maximising total cosine
     -> [b] anchor indices."""
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(_unit(res) @ anchors.T, maximize=True)
     out = np.empty(len(res), dtype=np.int64)
     out[rows] = cols
@@ -257,6 +262,11 @@ class GAOQ:
         n, d = z.shape
         counts = tree.sizes[-1]
         m = int(counts.max())
+        if self.align and m > MAX_LAST_SIZE:
+            # Aligning m items to m anchors costs O(m^2 d) per leaf: a prefix this crowded
+            # means the branching is far too small for N, which also hurts the generator.
+            raise ValueError(f"{type(self).__name__}.fit: the largest prefix holds {m} items, so the last level would "
+                             f"need {m} > {MAX_LAST_SIZE} codes; use larger branching (auto gives ~15 per prefix)")
         tree.last_size = m
         order = np.argsort(leaf, kind="stable")
         offsets = np.concatenate([[0], np.cumsum(counts)])
