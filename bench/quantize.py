@@ -107,6 +107,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="100k x 64, b = (64, 64): a smoke run")
     ap.add_argument("--big", action="store_true", help="also 1M x 640")
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--config", action="append", default=[], metavar="N,D,B1,B2",
+                    help="run this config instead of the defaults (repeatable), e.g. 200000,64,128,128")
     ap.add_argument("--worker", choices=["resid-gaoq", "faiss-cpu"], help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--branching", help=argparse.SUPPRESS)
@@ -115,6 +117,11 @@ def main() -> None:
         run_worker(args)
         return
     configs = [(100_000, 64, (64, 64))] if args.quick else [(1_000_000, 128, (256, 256))] + ([(1_000_000, 640, (256, 256))] if args.big else [])
+    if args.config:
+        configs = []
+        for text in args.config:
+            n, d, b1, b2 = (int(v) for v in text.split(","))
+            configs.append((n, d, (b1, b2)))
     threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'python'}:{ROOT}"}
     with tempfile.TemporaryDirectory(prefix="resid-bench-") as tmp:
