@@ -204,3 +204,11 @@ def test_bad_input():
     q.fit(z)
     with pytest.raises(ValueError, match="dim 4 but the quantizer was fitted on dim 8"):
         q.assign(z[:, :4])
+
+
+def test_crowded_prefix_is_refused(monkeypatch):
+    import resid.gaoq as gaoq_mod
+
+    monkeypatch.setattr(gaoq_mod, "MAX_LAST_SIZE", 10)
+    with pytest.raises(ValueError, match="largest prefix holds 25 items"):
+        GAOQ(branching=(2,), progress=False).fit(_random(n=50, d=8))

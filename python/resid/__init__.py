@@ -6,10 +6,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["FAMAE", "FAMAEConfig", "__version__"]
+__all__ = ["FAMAE", "FAMAEConfig", "GAOQ", "GAOQConfig", "__version__"]
 
 # Lazy exports: `import resid` (and the CLI's --help) stays fast; torch loads on first use.
-_LAZY = {"FAMAE": "resid.famae", "FAMAEConfig": "resid.famae"}
+_LAZY = {"FAMAE": "resid.famae", "FAMAEConfig": "resid.famae", "GAOQ": "resid.gaoq", "GAOQConfig": "resid.gaoq"}
 
 
 def __getattr__(name: str):  # noqa: ANN202

@@ -9,9 +9,9 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
-import torch
 
 
 def welch_bound(g: int, d: int) -> float:
@@ -34,6 +34,8 @@ def make_anchors(g: int, d: int, seed: int, steps: int = 300) -> np.ndarray:
     """``g`` approximately orthonormal anchors in ``d`` dims -> [g, d] float32, unit rows."""
     if g < 1 or d < 1:
         raise ValueError(f"make_anchors: need g >= 1 and d >= 1, got g={g}, d={d}")
+    import torch  # seeded draws shared with resid.kmeans; imported lazily to keep `import resid` light
+
     gen = torch.Generator().manual_seed(int(seed))
     if g <= d:
         q, r = torch.linalg.qr(torch.randn(d, g, generator=gen, dtype=torch.float64))
@@ -43,10 +45,12 @@ def make_anchors(g: int, d: int, seed: int, steps: int = 300) -> np.ndarray:
     return _low_coherence(g, d, gen, steps)
 
 
-def _low_coherence(g: int, d: int, gen: torch.Generator, steps: int) -> np.ndarray:
+def _low_coherence(g: int, d: int, gen: Any, steps: int) -> np.ndarray:
     # Projected gradient descent on the sphere, in numpy (tiny matrices: torch's thread pool
     # only adds overhead here). Gradient of sum_{i!=j} |c_ij|^p w.r.t. u_i is p * sum_j
     # |c_ij|^(p-2) c_ij u_j; entries are scaled by the current max so large p cannot overflow.
+    import torch
+
     u = torch.randn(g, d, generator=gen, dtype=torch.float64).numpy()
     u /= np.linalg.norm(u, axis=1, keepdims=True)
     best, best_u = math.inf, u.copy()

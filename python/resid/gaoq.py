@@ -22,15 +22,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
 from resid.anchors import make_anchors, max_coherence
 from resid.io import atomic_write
+
+
+#: Largest last level GAOQ aligns (anchors + Hungarian per leaf are quadratic in it).
+MAX_LAST_SIZE = 4096
 
 
 @dataclass
@@ -144,6 +148,8 @@ def _unit(v: np.ndarray) -> np.ndarray:
 def _match(res: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     """Injective matching of rows of ``res`` [b, d] to anchors [g, d] maximising total cosine
     -> [b] anchor indices."""
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(_unit(res) @ anchors.T, maximize=True)
     out = np.empty(len(res), dtype=np.int64)
     out[rows] = cols
@@ -194,13 +200,18 @@ class GAOQ:
         tree = _Tree(dim=d, branching=b)
         info: dict[str, Any] = {"method": self.method, "branching": list(b), "anchors": [], "anchor_max_cos": []}
 
+        clock = [time.perf_counter()]
         c1, node = _kmeans_root(z, b[0], cfg.iters, cfg.seed)
         tree.centroids.append(c1)
         tree.sizes.append(np.bincount(node, minlength=b[0]))
         tree.node_codes.append(np.arange(b[0], dtype=np.int64))
         for lvl in range(1, len(b)):
+            clock.append(time.perf_counter())
             node = self._fit_level(tree, z, node, b[lvl], g[lvl - 1], cfg.seed + lvl, info)
+        clock.append(time.perf_counter())
         self._fit_last(tree, z, node, cfg.seed + len(b), info)
+        clock.append(time.perf_counter())
+        info["level_seconds"] = [round(t1 - t0, 3) for t0, t1 in zip(clock, clock[1:])]
         tree.prints = fingerprint(z)
         self.tree = tree
         info["last_size"] = tree.last_size
@@ -230,6 +241,7 @@ class GAOQ:
         sizes = np.bincount(child, minlength=p * b)
         # An empty child (parent with fewer than b items) sits on its parent: zero offset.
         cent = np.where((sizes > 0)[:, None], cent, np.repeat(parents, b, axis=0))
+        t0 = time.perf_counter()
         if self.align:
             anchors = make_anchors(g, z.shape[1], seed, self.config.anchor_steps)
             res = cent.reshape(p, b, -1) - parents[:, None, :]
@@ -240,6 +252,7 @@ class GAOQ:
             info["anchor_max_cos"].append(max_coherence(anchors))
         else:
             codes = np.tile(np.arange(b, dtype=np.int64), p)
+        info.setdefault("align_seconds", []).append(round(time.perf_counter() - t0, 3))
         tree.centroids.append(cent)
         tree.sizes.append(sizes)
         tree.node_codes.append(codes.reshape(-1))
@@ -249,6 +262,11 @@ class GAOQ:
         n, d = z.shape
         counts = tree.sizes[-1]
         m = int(counts.max())
+        if self.align and m > MAX_LAST_SIZE:
+            # Aligning m items to m anchors costs O(m^2 d) per leaf: a prefix this crowded
+            # means the branching is far too small for N, which also hurts the generator.
+            raise ValueError(f"{type(self).__name__}.fit: the largest prefix holds {m} items, so the last level would "
+                             f"need {m} > {MAX_LAST_SIZE} codes; use larger branching (auto gives ~15 per prefix)")
         tree.last_size = m
         order = np.argsort(leaf, kind="stable")
         offsets = np.concatenate([[0], np.cumsum(counts)])
