@@ -299,7 +299,16 @@ def scenario_generator(out: Path) -> dict:
     model, _ = load_checkpoint(out / "fresh")
     hist = ds.train_samples(max_len=6)[:, :-1]
     items, scores = Recommender(model, sids, beam=8, batch_size=5).recommend_rows(hist, k=4)
-    return {"fresh": fresh["history"], "resumed": resumed["history"], "items": items.tolist(), "scores": scores.tolist()}
+    res = {"fresh": fresh["history"], "resumed": resumed["history"], "items": items.tolist(), "scores": scores.tolist()}
+    D.rank0_write(out / "result.json", lambda tmp: tmp.write_text(json.dumps(res)))
+    # `resid evaluate --distributed` on the same group (the CLI leaves the group, so it runs last).
+    from resid.cli import main
+
+    rc = main(["evaluate", str(out / "ds"), str(out / "sids.parquet"), str(out / "fresh"), "--beam", "8",
+               "--batch-size", "3", "--quiet", "--distributed"])
+    if rc:
+        raise SystemExit(rc)
+    return {}
 
 
 if __name__ == "__main__":

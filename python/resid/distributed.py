@@ -466,3 +466,17 @@ def training_device(device: str) -> torch.device:
     if ctx.enabled and ctx.device.type == "cuda":
         return ctx.device
     return torch.device(device)
+
+
+def init_for_cli(distributed: bool, device: str) -> str:
+    """CLI entry hook: join the torchrun group (``--distributed`` makes it mandatory, else it is
+    auto-detected) and return the device this rank should use ("cuda" -> "cuda:LOCAL_RANK")."""
+    init(distributed=True if distributed else None, device=device)
+    return str(training_device(device)) if is_distributed() else device
+
+
+def add_cli_flag(parser: Any) -> None:
+    """``--distributed`` for a subcommand's argparse parser."""
+    parser.add_argument("--distributed", action="store_true",
+                        help="run across the processes torchrun started (auto-detected under torchrun); "
+                             "work is split across ranks, rank 0 writes files and prints the report")

@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="history items missing from SIDS: skip and count them, or fail (default skip)")
     p.add_argument("--batch-size", type=int, default=256, help="users per decoding batch (default 256)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
+    from resid.distributed import add_cli_flag
+
+    add_cli_flag(p)
     p.add_argument("--out", default=None, help="write the JSON lines here (atomically) instead of stdout")
     p.set_defaults(func=run)
 
@@ -54,15 +57,19 @@ def read_histories(path: str) -> tuple[list[Any], list[list[str]]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from resid.distributed import init_for_cli, is_main
     from resid.io import atomic_write
     from resid.recommender import Recommender
 
+    device = init_for_cli(args.distributed, args.device)  # users are split across ranks, gathered on each
     users, hists = read_histories(args.histories)
-    kw: dict[str, Any] = {"batch_size": args.batch_size, "device": args.device, "unknown": args.unknown}
+    kw: dict[str, Any] = {"batch_size": args.batch_size, "device": device, "unknown": args.unknown}
     if args.beam is not None:
         kw["beam"] = args.beam
     rec = Recommender.load(args.checkpoint, args.sids, **kw)
     out = rec.recommend(hists, k=args.k, progress=True)
+    if not is_main():
+        return 0
     assert out.item_ids is not None
     lines = []
     for u, user in enumerate(users):

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/train_state.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from resid.distributed import add_cli_flag
+
+    add_cli_flag(p)  # --batch-size is then the global batch
     p.set_defaults(func=run)
 
 
@@ -37,8 +40,10 @@ def run(args: argparse.Namespace) -> int:
     from resid.data import open_dataset
     from resid.generator import GeneratorConfig
     from resid.generator_train import align_sids, train
+    from resid.distributed import init_for_cli, is_main
     from resid.io import load_sids
 
+    device = init_for_cli(args.distributed, args.device)
     for name in ("epochs", "batch_size", "max_history", "beam", "patience"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -48,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = GeneratorConfig(codes_per_level=[int(c) + 1 for c in sids.max(axis=0)], epochs=args.epochs,
                           patience=args.patience, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                           dropout=args.dropout, max_history=args.max_history, beam=args.beam, seed=args.seed)
-    res = train(ds, sids, args.out, cfg, device=args.device, resume=args.resume, valid_users=args.valid_users,
+    res = train(ds, sids, args.out, cfg, device=device, resume=args.resume, valid_users=args.valid_users,
                 progress=not args.quiet)
-    print(json.dumps({"best_epoch": res["best_epoch"], "valid": res["best"], "checkpoint": args.out}, indent=2))
+    if is_main():
+        print(json.dumps({"best_epoch": res["best_epoch"], "valid": res["best"], "checkpoint": args.out}, indent=2))
     return 0
