@@ -86,6 +86,11 @@ def init(
         then surfaces as an error on the others instead of a hang).
     Idempotent: a second call returns the context of the existing process group."""
     env = os.environ
+    if device is not None and not isinstance(device, torch.device):
+        try:
+            device = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"distributed: device must be 'cpu' or 'cuda[:i]', got {device!r}") from None
     if dist.is_available() and dist.is_initialized():
         return current()
     want = env_is_torchrun() if distributed is None else distributed

@@ -189,8 +189,10 @@ def fit(
     out = Path(out_dir)
     # Distributed hook: joins the process group under torchrun (no-op otherwise); every rank
     # must run the same config; rank r trains on every W-th row of each global batch.
+    device = resolve_device(cfg.device)  # validates --device first
     D.init(device=cfg.device)
-    device = D.training_device(cfg.device) if D.is_distributed() else resolve_device(cfg.device)
+    if D.is_distributed():
+        device = D.training_device(cfg.device)
     rank, world = D.get_rank(), D.get_world_size()
     if world > 1:
         D.check_config({"config": config, "fingerprint": fingerprint, "train": {**asdict(cfg), "device": None, "progress": None}}, "training config")
