@@ -103,6 +103,13 @@ def scenario_main(out: Path) -> dict:
     # Sharded evaluation over contiguous user blocks, uneven (23 users, 2 ranks).
     a, b = D.shard_range(23)
     res["eval_ranks"] = D.gather_concat(eval_ranks(np.arange(a, b))).tolist()
+    # @rank0_only: the body runs once (rank 0), every rank gets past the barrier.
+    @D.rank0_only
+    def touch() -> str:
+        (out / f"touched.rank{D.get_rank()}").write_text("x")
+        return "ran"
+
+    res["rank0_only"] = _gather_objects(touch())
     # Each rank's part of a global batch and its loss weight (5 rows, and 1 row < world size).
     parts = [(p.tolist(), w) for p, w in (D.local_batch(torch.arange(5)), D.local_batch(torch.arange(1)))]
     res["local_batches"] = _gather_objects(parts)

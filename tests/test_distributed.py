@@ -88,6 +88,11 @@ def test_sharded_evaluation_equals_single_process_exactly(main_run):
     assert main_run["eval_ranks"] == W.eval_ranks(np.arange(23)).tolist()
 
 
+def test_rank0_only_runs_once(main_run):
+    assert main_run["rank0_only"] == ["ran", None]
+    assert (main_run["dir"] / "touched.rank0").is_file() and not (main_run["dir"] / "touched.rank1").exists()
+
+
 def test_local_batch_split_and_loss_weights(main_run):
     # Rank r takes rows r::2 of the global batch, weighted n_r * W / B so that DDP's gradient
     # average is the global-batch mean; with fewer rows than ranks, rank 1 reuses row 0 at weight 0.

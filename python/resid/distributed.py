@@ -28,7 +28,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -410,12 +410,6 @@ def per_rank_batch(global_batch: int, world_size: int | None = None) -> int:
             "(the batch size is global: each rank takes batch_size / world_size)"
         )
     return global_batch // world_size
-
-
-def rank_sequence(values: Sequence[T]) -> list[T]:
-    """This rank's items of ``values`` by :func:`shard_range` (contiguous, unpadded)."""
-    a, b = shard_range(len(values))
-    return list(values[a:b])
 
 
 # ---- hooks used by the shared training loop (resid.training.fit) ---------------------------
