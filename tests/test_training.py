@@ -131,3 +131,9 @@ def test_cosine_schedule_with_warmup():
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(9) == pytest.approx(0.5) and f(14) == pytest.approx(0.0) and f(100) == pytest.approx(0.0)
     assert _lr_lambda(0, 10)(0) == 1.0
+
+
+def test_nan_metric_never_counts_as_best(tmp_path):
+    nan_eval = lambda model: {"valid/score": float("nan")}  # noqa: E731
+    with pytest.raises(RuntimeError, match="no epoch produced a finite valid/score"):
+        fit(Toy(), data(), nan_eval, TrainConfig(epochs=5, patience=2, **CFG), tmp_path, {}, FP)

@@ -279,6 +279,8 @@ def fit(
         if D.is_main():
             print(f"epoch {epoch}: loss {row['loss']:.4f} {cfg.metric} {score:.4f}" + (" *" if improved else ""), file=sys.stderr)
 
+    if not (best_dir / "model.safetensors").is_file():
+        raise RuntimeError(f"fit: no epoch produced a finite {cfg.metric} (history: {history}); nothing to keep")
     load_weights(model, best_dir, device)
     model.eval()
     return TrainResult(best_epoch=best_epoch, best_score=best_score, epochs_run=epoch, stopped_early=stopped, history=history)
