@@ -6,4 +6,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "Generator", "GeneratorConfig", "Recommender"]
+
+# Lazy exports (PEP 562): `import resid` stays light (the CLI starts fast); torch loads on first use.
+_LAZY = {"Generator": "resid.generator", "GeneratorConfig": "resid.generator", "Recommender": "resid.recommender"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'resid' has no attribute {name!r}")
