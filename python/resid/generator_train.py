@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from resid.data.dataset import PreparedDataset
 from resid.decode import StepFn
-from resid.generator import Generator, GeneratorConfig, codes_per_level_of
+from resid.generator import Generator, GeneratorConfig, codes_per_level_of, trim_left_padding
 from resid.io import atomic_write, write_json
 from resid.metrics import metrics_from_ranks, ranks_from_topk
 from resid.recommender import Recommender, check_sids, sids_digest
@@ -133,7 +133,7 @@ def train(ds: PreparedDataset, sids: Any, out_dir: str | os.PathLike[str], cfg: 
                    file=sys.stderr, leave=False)
         for i in bar:
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            loss = model.loss(enc_all[idx], mask_all[idx], tgt_all[idx])
+            loss = model.loss(*trim_left_padding(enc_all[idx], mask_all[idx]), tgt_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

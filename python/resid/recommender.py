@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from resid.decode import StepFn, beam_search
-from resid.generator import Generator
+from resid.generator import Generator, trim_left_padding
 
 
 @dataclass
@@ -160,11 +160,14 @@ class Recommender:
         scores = np.full((len(h), k), -np.inf, dtype=np.float32)
         from tqdm import tqdm
 
+        # users in order of history length, so each batch trims its padding (results are per user)
+        order = np.argsort((h >= 0).sum(axis=1), kind="stable")
         starts = range(0, len(h), self.batch_size)
         for s in tqdm(starts, desc="recommend", unit="batch", disable=not progress, leave=False):
-            hist = torch.as_tensor(h[s : s + self.batch_size], device=self.device)
-            enc, mask = self.model.vocab.encoder_input(self.sid_tokens, hist)
+            rows = order[s : s + self.batch_size]
+            hist = torch.as_tensor(h[rows], device=self.device)
+            enc, mask = trim_left_padding(*self.model.vocab.encoder_input(self.sid_tokens, hist))
             top = beam_search(self.model, enc, mask, self.trie, beam, k, step=self.step)
-            items[s : s + len(hist)] = top.items.cpu().numpy()
-            scores[s : s + len(hist)] = top.scores.cpu().numpy()
+            items[rows] = top.items.cpu().numpy()
+            scores[rows] = top.scores.cpu().numpy()
         return items, scores
