@@ -73,7 +73,8 @@ class _Decoder:
         self.cache = [c.index_select(0, rows) for c in self.cache]
 
     def step(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
-        """tokens: [B*w] (w beams per user, user-major) at decoder position ``pos`` -> logits [B*w, V]."""
+        """tokens: [B*w] (w beams per user, user-major) at decoder position ``pos`` -> final decoder
+        states [B*w, d] (before the LM head)."""
         m, h, dk = self.model, self.h, self.dk
         R = tokens.shape[0]
         w = R // self.B
@@ -97,7 +98,17 @@ class _Decoder:
             att = torch.softmax(torch.matmul(q, ck.transpose(-1, -2)) + self.cross_bias, dim=-1)  # [B, h, w, T]
             x = x + c.o(torch.matmul(att, cv).transpose(1, 2).reshape(R, h * dk))
             x = x + blk.ff.wo(torch.relu_(blk.ff.wi(blk.ff_norm(x))))
-        return m.lm_head(m.decoder_norm(x))
+        return m.decoder_norm(x)
+
+    def level_log_probs(self, x: torch.Tensor, off: int, size: int, chunk: int = 2048) -> torch.Tensor:
+        """Decoder states [R, d] -> log-softmax over the full vocabulary, sliced to tokens
+        ``off..off+size-1``: [R, size] float32. Row chunks keep the [rows, V] logits small (no
+        huge short-lived allocations, each of which would cost page faults)."""
+        out = x.new_empty(x.shape[0], size, dtype=torch.float32)
+        for s in range(0, x.shape[0], chunk):
+            logits = self.model.lm_head(x[s : s + chunk]).float()
+            out[s : s + chunk] = logits[:, off : off + size] - torch.logsumexp(logits, dim=-1, keepdim=True)
+        return out
 
 
 @torch.inference_mode()
@@ -138,8 +149,7 @@ def beam_search(
                 dec.reorder((base * w + parents.clamp(min=0)).reshape(-1))
                 w = W
                 tokens = (codes.clamp(min=0) + off_prev).reshape(-1)
-            logits = dec.step(tokens, level)  # [B*w, V]
-            lp = torch.log_softmax(logits.float(), dim=-1)[:, off : off + size].reshape(B, w, size)
+            lp = dec.level_log_probs(dec.step(tokens, level), off, size).view(B, w, size)
             if w < W:  # the root beam sits in slot 0; the other slots are dead (-inf scores)
                 lp = torch.cat([lp, lp.new_zeros(B, W - w, size)], dim=1)
             scores, nodes, parents, codes = step(lp.contiguous(), scores, nodes, trie)
