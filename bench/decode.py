@@ -45,7 +45,8 @@ def random_sids(n: int, levels: int, codes: int, seed: int) -> np.ndarray:
 
 class ForwardTimer:
     """Accumulates the time spent in the model's forward passes inside ``beam_search``
-    (encoder, per-user cross K/V projection, decoder steps); the rest is search overhead."""
+    (encoder, per-user cross K/V projection, decoder steps, LM head); the rest (log-softmax,
+    beam step, cache reorder, item lookup, input building) is search overhead."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
@@ -74,11 +75,20 @@ class ForwardTimer:
             timer.seconds += time.perf_counter() - t
             return out
 
-        D._Decoder.__init__, D._Decoder.step, Generator.encode = init, step, encode  # type: ignore[method-assign]
+        orig_head = Generator.lm_head
+
+        def head(self: Generator, x: torch.Tensor) -> torch.Tensor:
+            t = time.perf_counter()
+            out = orig_head(self, x)
+            timer.seconds += time.perf_counter() - t
+            return out
+
+        D._Decoder.__init__, D._Decoder.step, Generator.encode, Generator.lm_head = init, step, encode, head  # type: ignore[method-assign]
         try:
             yield
         finally:
-            D._Decoder.__init__, D._Decoder.step, Generator.encode = orig_init, orig_step, orig_encode  # type: ignore[method-assign]
+            D._Decoder.__init__, D._Decoder.step, Generator.encode, Generator.lm_head = (  # type: ignore[method-assign]
+                orig_init, orig_step, orig_encode, orig_head)
 
 
 def run_resid(rec: Recommender, hist: np.ndarray, batch: int, beam: int) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -100,9 +110,6 @@ def run_hf(hf: Any, model: Generator, sids: np.ndarray, sid_tok: torch.Tensor, h
     for l in range(L):
         prefixes, inv = np.unique(tok[:, :l], axis=0, return_inverse=True) if l else (np.zeros((1, 0), np.int64), np.zeros(len(tok), np.int64))
         inv = inv.reshape(-1)
-        order = np.lexsort((tok[:, l], inv))
-        for p_idx, grp in zip(*np.unique(inv[order], return_index=True)):
-            pass
         # group next tokens by prefix
         nxt: dict[int, set[int]] = {}
         for i, t in zip(inv.tolist(), tok[:, l].tolist()):

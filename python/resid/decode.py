@@ -65,30 +65,41 @@ class _Decoder:
         self.self_bias = model.decoder[0].self_attn.position_bias(L, L, enc.device)[0]
         # q, k, v of self-attention in one GEMM: [3*h*dk, d]
         self.qkv = [torch.cat([b.self_attn.q.weight, b.self_attn.k.weight, b.self_attn.v.weight]) for b in model.decoder]
-        # per layer: keys and values of all L positions, [R, 2, h, L, dk] (filled up to the current step)
-        self.cache: list[torch.Tensor] = []
+        # keys and values of all layers and L positions: [layers, R, L, 2*h*dk] (filled up to the
+        # current step), plus a second buffer that reorder() gathers into (no allocation per step)
+        self.kv: torch.Tensor | None = None
+        self.kv_spare: torch.Tensor | None = None
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep cache rows ``rows`` ([R'] int64 into the current R rows), e.g. the parents' rows."""
-        self.cache = [c.index_select(0, rows) for c in self.cache]
+        assert self.kv is not None
+        shape = (self.kv.shape[0], rows.shape[0], *self.kv.shape[2:])
+        if self.kv_spare is None or self.kv_spare.shape != shape:
+            self.kv_spare = self.kv.new_empty(shape)
+        torch.index_select(self.kv, 1, rows, out=self.kv_spare)
+        self.kv, self.kv_spare = self.kv_spare, self.kv
 
     def step(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
-        """tokens: [B*w] (w beams per user, user-major) at decoder position ``pos`` -> logits [B*w, V]."""
+        """tokens: [B*w] (w beams per user, user-major) at decoder position ``pos`` -> final decoder
+        states [B*w, d] (before the LM head)."""
         m, h, dk = self.model, self.h, self.dk
         R = tokens.shape[0]
         w = R // self.B
         x = m.embed(tokens)  # [R, d]
-        bias = self.self_bias[:, pos : pos + 1, : pos + 1].unsqueeze(0)  # [1, h, 1, pos+1]
-        if not self.cache:
-            self.cache = [x.new_empty(R, 2, h, self.L, dk) for _ in m.decoder]
+        bias = self.self_bias[:, pos, : pos + 1].t()  # [pos+1, h]
+        if self.kv is None:
+            self.kv = x.new_empty(len(m.decoder), R, self.L, 2 * h * dk)
         for i, blk in enumerate(m.decoder):
             a = blk.self_attn
-            qkv = F.linear(blk.self_norm(x), self.qkv[i]).view(R, 3, h, dk)
-            kv = self.cache[i]
-            kv[:, :, :, pos] = qkv[:, 1:]
-            k, v = kv[:, 0, :, : pos + 1], kv[:, 1, :, : pos + 1]  # [R, h, pos+1, dk]
-            att = torch.softmax(torch.matmul(qkv[:, 0].unsqueeze(2), k.transpose(-1, -2)) + bias, dim=-1)  # [R, h, 1, pos+1]
-            x = x + a.o(torch.matmul(att, v).view(R, h * dk))
+            qkv = F.linear(blk.self_norm(x), self.qkv[i])  # [R, 3*h*dk]
+            kv = self.kv[i]  # [R, L, 2*h*dk]
+            kv[:, pos] = qkv[:, h * dk :]
+            k = kv[:, : pos + 1, : h * dk].view(R, pos + 1, h, dk)
+            v = kv[:, : pos + 1, h * dk :].view(R, pos + 1, h, dk)
+            # at most L keys: elementwise products beat a batched matmul of [1 x dk] rows
+            scores = (qkv[:, : h * dk].view(R, 1, h, dk) * k).sum(-1) + bias  # [R, pos+1, h]
+            att = torch.softmax(scores, dim=1)
+            x = x + a.o((att.unsqueeze(-1) * v).sum(1).view(R, h * dk))
             # cross-attention: all w beams of a user against that user's keys
             c = blk.cross_attn
             assert c is not None and blk.cross_norm is not None
@@ -97,7 +108,17 @@ class _Decoder:
             att = torch.softmax(torch.matmul(q, ck.transpose(-1, -2)) + self.cross_bias, dim=-1)  # [B, h, w, T]
             x = x + c.o(torch.matmul(att, cv).transpose(1, 2).reshape(R, h * dk))
             x = x + blk.ff.wo(torch.relu_(blk.ff.wi(blk.ff_norm(x))))
-        return m.lm_head(m.decoder_norm(x))
+        return m.decoder_norm(x)
+
+    def level_log_probs(self, x: torch.Tensor, off: int, size: int, chunk: int = 2048) -> torch.Tensor:
+        """Decoder states [R, d] -> log-softmax over the full vocabulary, sliced to tokens
+        ``off..off+size-1``: [R, size] float32. Row chunks keep the [rows, V] logits small (no
+        huge short-lived allocations, each of which would cost page faults)."""
+        out = x.new_empty(x.shape[0], size, dtype=torch.float32)
+        for s in range(0, x.shape[0], chunk):
+            logits = self.model.lm_head(x[s : s + chunk]).float()
+            out[s : s + chunk] = logits[:, off : off + size] - torch.logsumexp(logits, dim=-1, keepdim=True)
+        return out
 
 
 @torch.inference_mode()
@@ -138,8 +159,7 @@ def beam_search(
                 dec.reorder((base * w + parents.clamp(min=0)).reshape(-1))
                 w = W
                 tokens = (codes.clamp(min=0) + off_prev).reshape(-1)
-            logits = dec.step(tokens, level)  # [B*w, V]
-            lp = torch.log_softmax(logits.float(), dim=-1)[:, off : off + size].reshape(B, w, size)
+            lp = dec.level_log_probs(dec.step(tokens, level), off, size).view(B, w, size)
             if w < W:  # the root beam sits in slot 0; the other slots are dead (-inf scores)
                 lp = torch.cat([lp, lp.new_zeros(B, W - w, size)], dim=1)
             scores, nodes, parents, codes = step(lp.contiguous(), scores, nodes, trie)

@@ -95,6 +95,14 @@ class SidVocab:
         return tok, mask
 
 
+def trim_left_padding(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the leading columns that are padding in every row ([B, T] -> [B, T']). Exact: padded
+    keys get zero attention weight and relative positions between real tokens are unchanged."""
+    keep = mask.any(dim=0)
+    first = int(keep.to(torch.int8).argmax()) if bool(keep.any()) else mask.shape[1]
+    return tokens[:, first:], mask[:, first:]
+
+
 def relative_position_bucket(rel: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> torch.Tensor:
     """T5's bucketing of relative positions ``rel = key_pos - query_pos`` (same as HF)."""
     buckets = torch.zeros_like(rel)

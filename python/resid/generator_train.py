@@ -25,7 +25,7 @@ from tqdm import tqdm
 from resid import distributed as D
 from resid.data.dataset import PreparedDataset
 from resid.decode import StepFn
-from resid.generator import Generator, GeneratorConfig, codes_per_level_of
+from resid.generator import Generator, GeneratorConfig, codes_per_level_of, trim_left_padding
 from resid.io import atomic_write, write_json
 from resid.metrics import metrics_from_ranks, ranks_from_topk
 from resid.recommender import Recommender, check_sids, sids_digest
@@ -147,7 +147,7 @@ def train(ds: PreparedDataset, sids: Any, out_dir: str | os.PathLike[str], cfg: 
         for i in bar:
             batch = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             idx, weight = D.local_batch(batch)
-            loss = step_loss(enc_all[idx], mask_all[idx], tgt_all[idx])
+            loss = step_loss(*trim_left_padding(enc_all[idx], mask_all[idx]), tgt_all[idx])
             if world > 1:  # weight makes DDP's gradient average the global-batch mean
                 loss = loss * weight
                 reported = D.all_reduce_sum(loss.detach()) / world

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from resid.decode import StepFn, beam_search
-from resid.generator import Generator
+from resid.generator import Generator, trim_left_padding
 
 
 @dataclass
@@ -162,20 +162,23 @@ class Recommender:
 
         from resid import distributed as D
 
-        # Under torchrun this is collective: each rank decodes a contiguous block of the same
-        # batches one process would, and the blocks are gathered in order (identical results).
+        # users in order of history length, so each batch trims its padding (results are per user)
+        order = np.argsort((h >= 0).sum(axis=1), kind="stable")
         starts = list(range(0, len(h), self.batch_size))
+        # Under torchrun this is collective: each rank decodes a contiguous block of the same
+        # batches one process would; results are gathered back to their users (identical results).
         lo, hi = D.shard_range(len(starts))
-        mine = starts[lo:hi]
-        for s in tqdm(mine, desc="recommend", unit="batch", disable=not progress or not D.is_main(), leave=False):
-            hist = torch.as_tensor(h[s : s + self.batch_size], device=self.device)
-            enc, mask = self.model.vocab.encoder_input(self.sid_tokens, hist)
+        done = [np.zeros(0, dtype=np.int64)]
+        for s in tqdm(starts[lo:hi], desc="recommend", unit="batch", disable=not progress or not D.is_main(), leave=False):
+            rows = order[s : s + self.batch_size]
+            hist = torch.as_tensor(h[rows], device=self.device)
+            enc, mask = trim_left_padding(*self.model.vocab.encoder_input(self.sid_tokens, hist))
             top = beam_search(self.model, enc, mask, self.trie, beam, k, step=self.step)
-            items[s : s + len(hist)] = top.items.cpu().numpy()
-            scores[s : s + len(hist)] = top.scores.cpu().numpy()
+            items[rows] = top.items.cpu().numpy()
+            scores[rows] = top.scores.cpu().numpy()
+            done.append(rows)
         if D.is_distributed():
-            a = mine[0] if mine else len(h)
-            e = min(mine[-1] + self.batch_size, len(h)) if mine else len(h)
-            items = D.gather_concat(torch.from_numpy(items[a:e])).numpy()
-            scores = D.gather_concat(torch.from_numpy(scores[a:e])).numpy()
+            idx = np.concatenate(done)
+            items = D.gather_by_index(items[idx], idx, len(h)).numpy()
+            scores = D.gather_by_index(scores[idx], idx, len(h)).numpy()
         return items, scores
