@@ -286,6 +286,22 @@ RESID_HD inline void resolve_segment(const BalancedAssignArgs& a, int64_t s) {
     first = false;
     auction_phase(a, sg, eps, scale, complete);
   }
+  // A cluster left with room must cost 0 (complementary slackness), but a reserve carried
+  // from an earlier phase may have kept points away from it: drop such reserves and redo the
+  // final phase. Reserves only fall here, so this ends within K rounds; with sum(cap) == n
+  // (balanced k-means) every cluster is full and no round is needed.
+  for (int64_t round = 0; round <= sg.K; ++round) {
+    bool dropped = false;
+    for (int64_t k = 0; k < sg.K; ++k) {
+      const int64_t kg = sg.k0 + k;
+      if (a.price[kg] > 0.f && !is_full(a, kg)) {
+        a.price[kg] = 0.f;
+        dropped = true;
+      }
+    }
+    if (!dropped) break;
+    auction_phase(a, sg, eps_final, scale, complete);
+  }
   place_fallback(a, sg);
   settle_prices(a, sg);
   for (int64_t i = 0; i < sg.n; ++i) a.labels[sg.n0 + i] += sg.k0;
