@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # One module per subcommand, in the order `resid --help` lists them.
-COMMANDS = ["info", "datasets", "prepare", "embed_text"]
+COMMANDS = ["info", "datasets", "prepare", "famae", "baseline", "embed_text", "quantize", "train", "evaluate", "recommend", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"resid {args.command}: interrupted; finished outputs are kept, partial ones were not written", file=sys.stderr)
         return 130
+    finally:
+        from resid import distributed  # leave the torchrun process group, if a command joined one
+
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,44 @@
+// Balanced assignment: the plain struct both twins take (no torch, no CUDA headers).
+//
+// One call resolves S independent problems ("segments"). Segment s owns points
+// [offsets[s], offsets[s+1]) and clusters [centroid_offsets[s], centroid_offsets[s+1]).
+// The wrapper (resid_ext/balanced.py) has already computed, tile by tile, each point's m
+// nearest clusters of its segment (cand_idx local to the segment, -1 padding, ascending
+// distance) and allocated every workspace below; the kernels trust these inputs.
+#pragma once
+
+#include <cstdint>
+
+namespace resid {
+
+struct BalancedAssignArgs {
+  int64_t num_segments = 0;           // S
+  int64_t d = 0;                      // feature dim (fallback distances)
+  int64_t m = 0;                      // candidates per point
+  const int64_t* offsets = nullptr;           // [S+1] point offsets
+  const int64_t* centroid_offsets = nullptr;  // [S+1] cluster offsets
+  const int32_t* cand_idx = nullptr;          // [N, m] local cluster ids, -1 = padding
+  const float* cand_dist = nullptr;           // [N, m] squared distances, ascending per row
+  const int64_t* capacity = nullptr;          // [K] max points per cluster
+  const float* x = nullptr;                   // [N, d] float32 (exact fallback distances)
+  const float* centroids = nullptr;           // [K, d] float32
+  const int64_t* heap_offsets = nullptr;      // [K+1] heap slots; cluster k bounded iff it has cap_k slots
+  // workspaces (contents on entry do not matter except price, the warm-start reserve prices)
+  float* heap_bid = nullptr;   // [H] held bids, a min-heap per bounded cluster
+  int32_t* heap_pt = nullptr;  // [H] the point (local index) holding each bid
+  int64_t* count = nullptr;    // [K] points held per cluster
+  float* price = nullptr;      // [K] in: reserve prices (0 = cold start); out: final prices
+  int32_t* stack = nullptr;    // [N] unassigned points of each segment
+  uint8_t* exact = nullptr;    // [N] 1 = point bids with exact distances to all its clusters
+  int64_t* labels = nullptr;   // [N] out: global cluster index (segment offset added)
+};
+
+// CPU twin: OpenMP across segments. The spec.
+void balanced_assign_cpu(const BalancedAssignArgs& a);
+
+#ifdef RESID_WITH_CUDA
+// CUDA twin: same per-segment routine, one thread per segment, on `stream` (a cudaStream_t).
+void balanced_assign_cuda(const BalancedAssignArgs& a, void* stream);
+#endif
+
+}  // namespace resid

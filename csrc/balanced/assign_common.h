@@ -1,0 +1,311 @@
+// Per-segment balanced-assignment routine shared verbatim by the CPU twin (OpenMP over
+// segments) and the CUDA twin (one thread per segment). Everything is RESID_HD, sequential
+// and uses one float summation order, so both twins give identical labels.
+//
+// Algorithm (per segment, n points, K clusters with capacities): Bertsekas' auction for the
+// transportation problem ("similar objects"), on each point's m candidate clusters.
+//   * A bounded cluster (0 < cap < n) keeps a min-heap of the bids it holds; once full its
+//     price is its lowest held bid, before that its reserve price. Unbounded clusters
+//     (cap >= n) always cost their reserve (0 after the first phase they end non-full).
+//   * An unassigned point bids for its best candidate k1 (cost d + price), raising the
+//     price by (second best - best) + eps; a full cluster evicts its lowest bidder.
+//   * Epsilon scaling: eps = scale/8, /64, /512 (scale = mean nearest-candidate distance);
+//     each phase restarts the assignment with the previous phase's prices as reserves.
+//     The final phase is eps-optimal on the candidate graph: cost <= optimum + n*eps, i.e.
+//     within 0.2% (n*eps = sum of nearest distances / 512 <= optimum / 512).
+//   * Candidates are the m nearest clusters. When K > m, every other cluster costs at least
+//     the m-th candidate distance (prices >= 0), which serves as the "outside" option in the
+//     bid; a point whose best priced candidate is worse than that bound switches for good to
+//     "exact" bidding: distances to all K clusters of its segment, computed on the fly
+//     (K*d flops per bid, only for such points, so memory stays O(N*m)).
+// Termination: prices only rise and each bid raises one by >= max(eps, one ulp); a bid budget
+// is a belt-and-braces guard (points left when it runs out are placed on their exactly
+// nearest cluster with room, which always exists as sum cap >= n).
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#include "balanced/assign.h"
+#include "common/hd.h"
+
+namespace resid {
+namespace balanced_detail {
+
+constexpr float kInf = 3.0e38f;
+constexpr int32_t kUnassigned = -1;
+constexpr int32_t kFallback = -2;
+
+// Round-to-nearest mul/add without FMA contraction, so both twins sum identically.
+RESID_HD inline float fmul(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+RESID_HD inline float fadd(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+// Squared Euclidean distance, summed in index order over d.
+RESID_HD inline float row_sq_dist(const float* xr, const float* cr, int64_t d) {
+  float s = 0.f;
+  for (int64_t j = 0; j < d; ++j) {
+    const float t = xr[j] - cr[j];
+    s = fadd(s, fmul(t, t));
+  }
+  return s;
+}
+
+// Tie rule everywhere: lower value first, then lower index.
+RESID_HD inline bool before(float v1, int64_t i1, float v2, int64_t i2) {
+  return v1 < v2 || (v1 == v2 && i1 < i2);
+}
+
+// Min-heap of (bid, point) pairs in bid[0..size), pt[0..size).
+RESID_HD inline void heap_sift_up(float* bid, int32_t* pt, int64_t pos) {
+  while (pos > 0) {
+    const int64_t parent = (pos - 1) / 2;
+    if (!before(bid[pos], pt[pos], bid[parent], pt[parent])) break;
+    const float tb = bid[pos]; bid[pos] = bid[parent]; bid[parent] = tb;
+    const int32_t tp = pt[pos]; pt[pos] = pt[parent]; pt[parent] = tp;
+    pos = parent;
+  }
+}
+
+RESID_HD inline void heap_sift_down(float* bid, int32_t* pt, int64_t size, int64_t pos) {
+  for (;;) {
+    const int64_t l = 2 * pos + 1, r = l + 1;
+    int64_t best = pos;
+    if (l < size && before(bid[l], pt[l], bid[best], pt[best])) best = l;
+    if (r < size && before(bid[r], pt[r], bid[best], pt[best])) best = r;
+    if (best == pos) return;
+    const float tb = bid[pos]; bid[pos] = bid[best]; bid[best] = tb;
+    const int32_t tp = pt[pos]; pt[pos] = pt[best]; pt[best] = tp;
+    pos = best;
+  }
+}
+
+// One segment's view of the arguments (global cluster index = k0 + local).
+struct Segment {
+  int64_t n0, n, k0, K;
+};
+
+RESID_HD inline bool is_bounded(const BalancedAssignArgs& a, int64_t kg) {
+  return a.heap_offsets[kg + 1] > a.heap_offsets[kg];
+}
+
+RESID_HD inline bool is_full(const BalancedAssignArgs& a, int64_t kg) {
+  return a.count[kg] >= a.capacity[kg];
+}
+
+// Current price of cluster kg: lowest held bid once a bounded cluster is full, else reserve.
+RESID_HD inline float current_price(const BalancedAssignArgs& a, int64_t kg) {
+  if (is_bounded(a, kg) && is_full(a, kg)) return a.heap_bid[a.heap_offsets[kg]];
+  return a.price[kg];
+}
+
+// Best and second-best priced candidate of point row (global row index). Returns k1 (local)
+// or -1 when no candidate has capacity; *last receives the largest candidate distance.
+RESID_HD inline int32_t best_two(const BalancedAssignArgs& a, const Segment& sg, int64_t row,
+                                 float* w1, float* w2, float* last) {
+  const int32_t* ci = a.cand_idx + row * a.m;
+  const float* cd = a.cand_dist + row * a.m;
+  int32_t k1 = -1;
+  float b1 = kInf, b2 = kInf, lst = 0.f;
+  if (a.exact[row]) {
+    const float* xr = a.x + row * a.d;
+    for (int64_t c = 0; c < sg.K; ++c) {
+      const int64_t kg = sg.k0 + c;
+      if (a.capacity[kg] == 0) continue;
+      const float w = fadd(row_sq_dist(xr, a.centroids + kg * a.d, a.d), current_price(a, kg));
+      if (k1 < 0 || before(w, c, b1, k1)) {
+        b2 = b1;
+        b1 = w;
+        k1 = static_cast<int32_t>(c);
+      } else if (w < b2) {
+        b2 = w;
+      }
+    }
+    *w1 = b1;
+    *w2 = b2;
+    *last = kInf;
+    return k1;
+  }
+  for (int64_t j = 0; j < a.m; ++j) {
+    const int32_t c = ci[j];
+    if (c < 0) break;
+    lst = cd[j];
+    const int64_t kg = sg.k0 + c;
+    if (a.capacity[kg] == 0) continue;
+    const float w = fadd(cd[j], current_price(a, kg));
+    if (k1 < 0 || before(w, c, b1, k1)) {
+      b2 = b1;
+      b1 = w;
+      k1 = c;
+    } else if (w < b2) {
+      b2 = w;
+    }
+  }
+  *w1 = b1;
+  *w2 = b2;
+  *last = lst;
+  return k1;
+}
+
+// Place point i (local) in cluster c (local) with the given bid; returns the evicted point
+// (local) or -1.
+RESID_HD inline int32_t place(const BalancedAssignArgs& a, const Segment& sg, int32_t i, int32_t c,
+                              float bid) {
+  const int64_t kg = sg.k0 + c;
+  int32_t evicted = -1;
+  if (!is_bounded(a, kg)) {
+    a.count[kg] += 1;
+  } else {
+    float* hb = a.heap_bid + a.heap_offsets[kg];
+    int32_t* hp = a.heap_pt + a.heap_offsets[kg];
+    if (!is_full(a, kg)) {
+      const int64_t pos = a.count[kg];
+      hb[pos] = bid;
+      hp[pos] = i;
+      a.count[kg] += 1;
+      heap_sift_up(hb, hp, pos);
+    } else {
+      evicted = hp[0];
+      hb[0] = bid;
+      hp[0] = i;
+      heap_sift_down(hb, hp, a.count[kg], 0);
+    }
+  }
+  a.labels[sg.n0 + i] = c;
+  return evicted;
+}
+
+// One auction phase at the given eps, from scratch, with a.price as reserve prices.
+RESID_HD inline void auction_phase(const BalancedAssignArgs& a, const Segment& sg, float eps,
+                                   float scale, bool complete) {
+  for (int64_t k = 0; k < sg.K; ++k) a.count[sg.k0 + k] = 0;
+  int32_t* stack = a.stack + sg.n0;
+  int64_t top = 0;
+  for (int64_t i = sg.n - 1; i >= 0; --i) {
+    stack[top++] = static_cast<int32_t>(i);
+    a.labels[sg.n0 + i] = kUnassigned;
+  }
+  // Generous guard: typical phases need a few bids per point.
+  int64_t budget = 256 * sg.n + 4096;
+  while (top > 0) {
+    const int32_t i = stack[--top];
+    if (budget-- <= 0) {
+      a.labels[sg.n0 + i] = kFallback;
+      continue;
+    }
+    float w1, w2, last;
+    const int32_t k1 = best_two(a, sg, sg.n0 + i, &w1, &w2, &last);
+    if (!complete && !a.exact[sg.n0 + i]) {
+      // Every cluster outside the candidate list costs at least `last`: when that may be
+      // better, bid again (now and from here on) over all clusters with exact distances.
+      if (k1 < 0 || w1 > last) {
+        a.exact[sg.n0 + i] = 1;
+        stack[top++] = i;
+        continue;
+      }
+      if (last < w2) w2 = last;
+    } else if (k1 < 0) {
+      a.labels[sg.n0 + i] = kFallback;  // unreachable when sum(capacity) >= n
+      continue;
+    }
+    if (w2 >= kInf) w2 = fadd(w1, scale);  // a single usable cluster: any positive margin
+    const float p = current_price(a, sg.k0 + k1);
+    float bid = fadd(fadd(p, w2 - w1), eps);
+    const float up = nextafterf(p, kInf);
+    if (bid < up) bid = up;
+    const int32_t ev = place(a, sg, i, k1, bid);
+    if (ev >= 0) {
+      a.labels[sg.n0 + ev] = kUnassigned;
+      stack[top++] = ev;
+    }
+  }
+}
+
+// Prices after a phase: a full bounded cluster keeps its lowest bid as the next reserve; any
+// other cluster drops to 0 (a cluster with room must cost 0 for optimality).
+RESID_HD inline void settle_prices(const BalancedAssignArgs& a, const Segment& sg) {
+  for (int64_t k = 0; k < sg.K; ++k) {
+    const int64_t kg = sg.k0 + k;
+    a.price[kg] = (is_bounded(a, kg) && is_full(a, kg)) ? a.heap_bid[a.heap_offsets[kg]] : 0.f;
+  }
+}
+
+// Fallback (bid budget exhausted; not expected in practice): such points go, in index
+// order, to their exactly nearest cluster with room (ties: lower index).
+RESID_HD inline void place_fallback(const BalancedAssignArgs& a, const Segment& sg) {
+  for (int64_t i = 0; i < sg.n; ++i) {
+    if (a.labels[sg.n0 + i] != kFallback) continue;
+    const float* xr = a.x + (sg.n0 + i) * a.d;
+    int64_t best = -1;
+    float bd = kInf;
+    for (int64_t k = 0; k < sg.K; ++k) {
+      const int64_t kg = sg.k0 + k;
+      if (a.count[kg] >= a.capacity[kg]) continue;
+      const float dk = row_sq_dist(xr, a.centroids + kg * a.d, a.d);
+      if (best < 0 || dk < bd) {
+        bd = dk;
+        best = k;
+      }
+    }
+    // best >= 0 because sum(capacity) >= n (validated by the wrapper). Held at the reserve
+    // price so the heaps stay consistent for settle_prices.
+    place(a, sg, static_cast<int32_t>(i), static_cast<int32_t>(best), a.price[sg.k0 + best]);
+  }
+}
+
+// The whole per-segment solve.
+RESID_HD inline void resolve_segment(const BalancedAssignArgs& a, int64_t s) {
+  Segment sg;
+  sg.n0 = a.offsets[s];
+  sg.n = a.offsets[s + 1] - sg.n0;
+  sg.k0 = a.centroid_offsets[s];
+  sg.K = a.centroid_offsets[s + 1] - sg.k0;
+  if (sg.n == 0) return;
+  const bool complete = sg.K <= a.m;
+  for (int64_t i = 0; i < sg.n; ++i) a.exact[sg.n0 + i] = 0;
+  // Scale of the costs: mean nearest-candidate distance (sequential sum, same on both twins).
+  float scale = 0.f;
+  for (int64_t i = 0; i < sg.n; ++i) scale = fadd(scale, a.cand_dist[(sg.n0 + i) * a.m]);
+  scale = scale / static_cast<float>(sg.n);
+  if (!(scale > 1e-30f)) scale = 1e-30f;  // all points on their centroids: any eps works
+  const float eps_final = scale / 512.f;
+  bool first = true;
+  for (float eps = scale / 8.f; eps >= eps_final * 0.5f; eps = eps / 8.f) {
+    if (!first) settle_prices(a, sg);
+    first = false;
+    auction_phase(a, sg, eps, scale, complete);
+  }
+  // A cluster left with room must cost 0 (complementary slackness), but a reserve carried
+  // from an earlier phase may have kept points away from it: drop such reserves and redo the
+  // final phase. Reserves only fall here, so this ends within K rounds; with sum(cap) == n
+  // (balanced k-means) every cluster is full and no round is needed.
+  for (int64_t round = 0; round <= sg.K; ++round) {
+    bool dropped = false;
+    for (int64_t k = 0; k < sg.K; ++k) {
+      const int64_t kg = sg.k0 + k;
+      if (a.price[kg] > 0.f && !is_full(a, kg)) {
+        a.price[kg] = 0.f;
+        dropped = true;
+      }
+    }
+    if (!dropped) break;
+    auction_phase(a, sg, eps_final, scale, complete);
+  }
+  place_fallback(a, sg);
+  settle_prices(a, sg);
+  for (int64_t i = 0; i < sg.n; ++i) a.labels[sg.n0 + i] += sg.k0;
+}
+
+}  // namespace balanced_detail
+}  // namespace resid

@@ -1,0 +1,194 @@
+"""Balanced k-means: k-means++ seeding, then Lloyd iterations whose assignment step is the
+capacitated ``resid_ext`` kernel, so every cluster ends with ceil(N/k) or floor(N/k) points.
+
+Two entry points:
+- ``balanced_kmeans(x, k)``: one problem.
+- ``balanced_kmeans_segmented(x, offsets, k)``: S independent problems in one call (all
+  parents of a GAOQ level): rows ``x[offsets[s]:offsets[s+1]]`` are clustered into
+  ``min(k_s, n_s)`` clusters; centroids come back concatenated with CSR ``centroid_offsets``.
+Deterministic for a seed on a given device: seeding draws from a CPU ``torch.Generator``,
+the auction is deterministic, and centroid sums use a fixed reduction order.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from resid_ext import _validate as V
+from resid_ext.balanced import _solve, default_capacity
+
+__all__ = ["BalancedKMeans", "SegmentedKMeans", "balanced_kmeans", "balanced_kmeans_segmented"]
+
+#: k-means++ runs on a seeded subsample of at most this many points per cluster.
+SEED_SAMPLE_PER_CLUSTER = 64
+
+
+class BalancedKMeans(NamedTuple):
+    centroids: torch.Tensor  # [k, d] float32
+    labels: torch.Tensor  # [N] int64 in [0, k)
+
+
+class SegmentedKMeans(NamedTuple):
+    centroids: torch.Tensor  # [sum_s k_s, d] float32, segment s's clusters contiguous
+    centroid_offsets: torch.Tensor  # [S+1] int64 (CSR over centroids)
+    labels: torch.Tensor  # [N] int64, global centroid index (inside its segment's range)
+
+
+def _check_x(fn: str, x: object) -> torch.Tensor:
+    x = V.check_tensor(x, "x", fn)
+    V.check_ndim(x, "x", 2, fn, "[N, d]")
+    allowed = (torch.float32, torch.bfloat16, torch.float16) if x.device.type == "cuda" else (torch.float32,)
+    V.check_dtype(x, "x", allowed, fn)
+    V.check_finite(x, "x", fn)
+    return x
+
+
+def _check_iters_seed(fn: str, iters: int, seed: int) -> None:
+    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 0:
+        raise ValueError(f"{fn}: iters must be an int >= 0, got {iters!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"{fn}: seed must be an int, got {type(seed).__name__}")
+
+
+def _kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding on a seeded subsample. x: [n, d] float32 -> centroids [k, d] (copies).
+
+    Each new centre is drawn with probability proportional to its squared distance to the
+    nearest chosen centre; with every remaining distance 0 (duplicates) it is drawn uniformly.
+    """
+    n = x.shape[0]
+    p = min(n, max(k, SEED_SAMPLE_PER_CLUSTER * k))
+    sample = torch.randperm(n, generator=gen)[:p] if p < n else torch.arange(n)
+    xs = x[sample.to(x.device)]
+    idx = [int(torch.randint(p, (1,), generator=gen))]
+    d2 = ((xs - xs[idx[0]]) ** 2).sum(1).cpu().double()
+    for _ in range(1, k):
+        total = float(d2.sum())
+        if total > 0:
+            nxt = int(torch.multinomial(d2 / total, 1, generator=gen))
+        else:  # all remaining points coincide with a centre: any unchosen row will do
+            free = torch.ones(p, dtype=torch.bool)
+            free[idx] = False
+            cand = torch.nonzero(free)[:, 0]
+            nxt = int(cand[int(torch.randint(cand.numel(), (1,), generator=gen))])
+        idx.append(nxt)
+        d2 = torch.minimum(d2, ((xs - xs[nxt]) ** 2).sum(1).cpu().double())
+    return xs[idx].clone()
+
+
+def _centroid_sums(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-cluster row sums [k, d] in a fixed order (deterministic on CPU and CUDA)."""
+    if x.device.type == "cpu":
+        return torch.zeros((k, x.shape[1]), dtype=x.dtype).index_add_(0, labels, x)
+    # CUDA atomics would make the sums order-dependent: a one-hot GEMM per chunk is fixed.
+    sums = torch.zeros((k, x.shape[1]), dtype=x.dtype, device=x.device)
+    chunk = max(1, (1 << 24) // max(k, 1))
+    ar = torch.arange(k, device=x.device)
+    for i0 in range(0, x.shape[0], chunk):
+        onehot = (labels[i0 : i0 + chunk, None] == ar[None, :]).to(x.dtype)
+        sums += onehot.t() @ x[i0 : i0 + chunk]
+    return sums
+
+
+def _update(x: torch.Tensor, labels: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Mean of each cluster's rows; an empty cluster keeps its previous centroid."""
+    k = old.shape[0]
+    counts = torch.bincount(labels, minlength=k).to(x.dtype)
+    sums = _centroid_sums(x, labels, k)
+    new = sums / counts.clamp(min=1)[:, None]
+    return torch.where((counts > 0)[:, None], new, old)
+
+
+def balanced_kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> BalancedKMeans:
+    """Balanced k-means of x into k clusters of sizes ceil(N/k) or floor(N/k).
+
+    x: [N, d] float32 (bf16/fp16 also on CUDA; computed in float32); 1 <= k <= N; iters >= 0
+    Lloyd iterations (each: balanced assignment, then centroid = mean of its rows); the final
+    labels are a balanced assignment to the returned centroids.
+    Returns BalancedKMeans(centroids [k, d] float32, labels [N] int64).
+    """
+    fn = "balanced_kmeans"
+    x = _check_x(fn, x)
+    _check_iters_seed(fn, iters, seed)
+    n = x.shape[0]
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"{fn}: k must be an int >= 1, got {k!r}")
+    if k > n:
+        raise ValueError(f"{fn}: k={k} exceeds the N={n} rows of x; k must be <= N")
+    x32 = x.to(torch.float32).contiguous()
+    dev = x32.device
+    gen = torch.Generator().manual_seed(seed)
+    centroids = _kmeanspp(x32, k, gen)
+    cap = default_capacity(n, k, dev)
+    offsets = torch.tensor([0, n], dtype=torch.int64, device=dev)
+    c_off = torch.tensor([0, k], dtype=torch.int64, device=dev)
+    prices = None
+    labels, prices = _solve(fn, x32, offsets, centroids, c_off, cap, prices)
+    for _ in range(iters):
+        centroids = _update(x32, labels, centroids)
+        labels, prices = _solve(fn, x32, offsets, centroids, c_off, cap, prices)
+    return BalancedKMeans(centroids, labels)
+
+
+def balanced_kmeans_segmented(
+    x: torch.Tensor,
+    offsets: torch.Tensor,
+    k: int | torch.Tensor,
+    iters: int = 20,
+    seed: int = 0,
+) -> SegmentedKMeans:
+    """Balanced k-means inside every segment at once (GAOQ: all parents of a level).
+
+    x: [N, d] float32 (bf16/fp16 also on CUDA); offsets: [S+1] int64 CSR over rows (empty
+    segments legal); k: an int for every segment or [S] int64 per segment, each >= 1.
+    Segment s gets k_s = min(k[s], n_s) clusters (0 when empty) with sizes ceil/floor of
+    n_s / k_s. Seeding uses generator seed ``seed`` for all segments in order.
+    Returns SegmentedKMeans(centroids [sum k_s, d] float32, centroid_offsets [S+1] int64,
+    labels [N] int64 global centroid indices, ``centroid_offsets[s] <= labels[i] <
+    centroid_offsets[s+1]`` for rows i of segment s).
+    """
+    fn = "balanced_kmeans_segmented"
+    x = _check_x(fn, x)
+    _check_iters_seed(fn, iters, seed)
+    offsets = V.check_tensor(offsets, "offsets", fn)
+    V.check_dtype(offsets, "offsets", (torch.int64,), fn)
+    V.check_ndim(offsets, "offsets", 1, fn, "[S+1]")
+    o = offsets.cpu()
+    n = x.shape[0]
+    if o.numel() < 1 or int(o[0]) != 0 or int(o[-1]) != n or bool((o[1:] < o[:-1]).any()):
+        raise ValueError(f"{fn}: offsets must be non-decreasing from 0 to N={n}, got {o.tolist()[:8]}...")
+    S = o.numel() - 1
+    seg_n = o[1:] - o[:-1]
+    if isinstance(k, torch.Tensor):
+        V.check_dtype(k, "k", (torch.int64,), fn)
+        V.check_shape(k, "k", (S,), fn)
+        ks = k.cpu()
+    elif isinstance(k, int) and not isinstance(k, bool):
+        ks = torch.full((S,), k, dtype=torch.int64)
+    else:
+        raise TypeError(f"{fn}: k must be an int or an int64 tensor [S], got {type(k).__name__}")
+    if S > 0 and bool((ks < 1).any()):
+        s = int(torch.nonzero(ks < 1)[0, 0])
+        raise ValueError(f"{fn}: k must be >= 1 for every segment, got {int(ks[s])} for segment {s}")
+    ks = torch.minimum(ks, seg_n)
+    x32 = x.to(torch.float32).contiguous()
+    dev = x32.device
+    c_off = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(ks, 0)])
+    ktot = int(c_off[-1])
+    gen = torch.Generator().manual_seed(seed)
+    cents = [torch.zeros((0, x32.shape[1]), dtype=torch.float32, device=dev)]
+    caps = [torch.zeros(0, dtype=torch.int64)]
+    ol, kl = o.tolist(), ks.tolist()
+    for s in range(S):
+        if kl[s] > 0:
+            cents.append(_kmeanspp(x32[ol[s] : ol[s + 1]], kl[s], gen))
+            caps.append(default_capacity(ol[s + 1] - ol[s], kl[s]))
+    centroids = torch.cat(cents)
+    cap = torch.cat(caps).to(dev)
+    offsets_d, c_off_d = o.to(dev), c_off.to(dev)
+    labels, prices = _solve(fn, x32, offsets_d, centroids, c_off_d, cap)
+    for _ in range(iters):
+        centroids = _update(x32, labels, centroids) if ktot > 0 else centroids
+        labels, prices = _solve(fn, x32, offsets_d, centroids, c_off_d, cap, prices)
+    return SegmentedKMeans(centroids, c_off_d, labels)

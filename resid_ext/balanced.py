@@ -1,0 +1,263 @@
+"""Balanced assignment: give each point a cluster so that no cluster exceeds its capacity and
+the total squared Euclidean distance is near the optimum.
+
+Two steps, the same on CPU and CUDA:
+1. Candidates (here, torch): tile over points, one GEMM per tile (||x||^2 - 2 x.c + ||c||^2,
+   the formulation faiss uses), keep each point's m nearest clusters. Peak extra memory is
+   O(tile * K + N * m), never N x K.
+2. Capacities (``resid_ext._C``): an epsilon-scaled auction on the candidate lists with an
+   exact fallback, OpenMP across segments (csrc/balanced/assign_common.h explains it).
+"""
+from __future__ import annotations
+
+import torch
+
+from resid_ext import _C
+from resid_ext import _validate as V
+from resid_ext._device import cuda_stream, require_cuda_kernels
+
+__all__ = ["balanced_assign", "balanced_assign_segmented", "default_capacity"]
+
+#: Candidate clusters kept per point (the whole list when K <= this).
+DEFAULT_CANDIDATES = 32
+#: Distance-tile budget in floats (tile rows = budget // K): 16 MiB of float32.
+_TILE_FLOATS = 1 << 22
+
+
+def default_capacity(n: int, k: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Sizes as equal as possible: ``n % k`` clusters of ``ceil(n/k)``, the rest ``floor(n/k)``.
+
+    Returns capacity: [k] int64.
+    """
+    if k <= 0:
+        raise ValueError(f"default_capacity: k must be >= 1, got {k}")
+    base, rem = divmod(int(n), int(k))
+    cap = torch.full((k,), base, dtype=torch.int64, device=device)
+    cap[:rem] += 1
+    return cap
+
+
+def _float_dtypes(device: torch.device) -> tuple[torch.dtype, ...]:
+    if device.type == "cuda":
+        return (torch.float32, torch.bfloat16, torch.float16)
+    return (torch.float32,)
+
+
+def _check_points(fn: str, x: object, centroids: object) -> tuple[torch.Tensor, torch.Tensor]:
+    x = V.check_tensor(x, "x", fn)
+    centroids = V.check_tensor(centroids, "centroids", fn)
+    V.check_ndim(x, "x", 2, fn, "[N, d]")
+    V.check_ndim(centroids, "centroids", 2, fn, "[K, d]")
+    V.check_same_device(fn, x=x, centroids=centroids)
+    allowed = _float_dtypes(x.device)
+    V.check_dtype(x, "x", allowed, fn)
+    V.check_dtype(centroids, "centroids", allowed, fn)
+    if centroids.dtype != x.dtype:
+        raise ValueError(f"{fn}: centroids must have the dtype of x ({x.dtype}), got {centroids.dtype}")
+    if centroids.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"{fn}: centroids must have d={x.shape[1]} columns to match x, got shape {list(centroids.shape)}"
+        )
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{fn}: tensors must be on cpu or cuda, got {x.device}")
+    V.check_finite(x, "x", fn)
+    V.check_finite(centroids, "centroids", fn)
+    return x, centroids
+
+
+def _check_capacity(fn: str, capacity: object, k: int, device: torch.device) -> torch.Tensor:
+    capacity = V.check_tensor(capacity, "capacity", fn)
+    V.check_same_device(fn, centroids=torch.empty(0, device=device), capacity=capacity)
+    V.check_dtype(capacity, "capacity", (torch.int64,), fn)
+    V.check_shape(capacity, "capacity", (k,), fn)
+    if k > 0 and bool((capacity < 0).any()):
+        first = int(torch.nonzero(capacity < 0)[0, 0])
+        raise ValueError(f"{fn}: capacity must be >= 0, got {int(capacity[first])} at index {first}")
+    return capacity.contiguous()
+
+
+def _check_offsets(fn: str, offsets: object, name: str, total: int, of: str) -> torch.Tensor:
+    offsets = V.check_tensor(offsets, name, fn)
+    V.check_dtype(offsets, name, (torch.int64,), fn)
+    V.check_ndim(offsets, name, 1, fn, "[S+1]")
+    if offsets.numel() < 1:
+        raise ValueError(f"{fn}: {name} must have at least one entry ([S+1] with S >= 0), got shape [0]")
+    o = offsets.cpu()
+    if int(o[0]) != 0:
+        raise ValueError(f"{fn}: {name} must start at 0, got {int(o[0])}")
+    if int(o[-1]) != total:
+        raise ValueError(f"{fn}: {name} must end at {of}={total}, got {int(o[-1])}")
+    if bool((o[1:] < o[:-1]).any()):
+        s = int(torch.nonzero(o[1:] < o[:-1])[0, 0])
+        raise ValueError(f"{fn}: {name} must be non-decreasing, got {int(o[s])} then {int(o[s + 1])} at {s}")
+    return offsets.contiguous()
+
+
+def balanced_assign(
+    x: torch.Tensor, centroids: torch.Tensor, capacity: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Assign each row of ``x`` to a centroid, at most ``capacity[k]`` rows per centroid.
+
+    x: [N, d] float32 (bf16/fp16 also on CUDA); centroids: [K, d] same dtype and device,
+    1 <= K <= N; capacity: [K] int64 >= 0 with sum >= N, default ``default_capacity(N, K)``
+    (sizes differ by at most one). Returns labels: [N] int64 in [0, K). The total squared
+    distance is within 0.2% of the optimum on the candidate graph (see assign_common.h).
+    """
+    fn = "balanced_assign"
+    x, centroids = _check_points(fn, x, centroids)
+    n, k = x.shape[0], centroids.shape[0]
+    if k == 0:
+        raise ValueError(f"{fn}: centroids must have at least one row (K >= 1), got shape {list(centroids.shape)}")
+    if k > n:
+        raise ValueError(f"{fn}: K={k} centroids exceed N={n} points; K must be <= N")
+    if capacity is None:
+        capacity = default_capacity(n, k, x.device)
+    capacity = _check_capacity(fn, capacity, k, x.device)
+    total = int(capacity.sum())
+    if total < n:
+        raise ValueError(f"{fn}: capacity must sum to at least N={n}, got {total}")
+    offsets = torch.tensor([0, n], dtype=torch.int64, device=x.device)
+    c_off = torch.tensor([0, k], dtype=torch.int64, device=x.device)
+    labels, _ = _solve(fn, x, offsets, centroids, c_off, capacity)
+    return labels
+
+
+def balanced_assign_segmented(
+    x: torch.Tensor,
+    offsets: torch.Tensor,
+    centroids: torch.Tensor,
+    centroid_offsets: torch.Tensor,
+    capacity: torch.Tensor,
+) -> torch.Tensor:
+    """Solve S independent balanced assignments in one call (all parents of a GAOQ level).
+
+    x: [N, d]; offsets: [S+1] int64 (rows of segment s are ``x[offsets[s]:offsets[s+1]]``);
+    centroids: [K, d]; centroid_offsets: [S+1] int64 (segment s owns
+    ``centroids[centroid_offsets[s]:centroid_offsets[s+1]]``); capacity: [K] int64 >= 0 whose
+    sum over each segment's clusters is >= that segment's row count. Empty segments are legal
+    and a segment may have more clusters than rows. Returns labels: [N] int64, global cluster
+    indices (each row's label lies in its own segment's cluster range).
+    """
+    fn = "balanced_assign_segmented"
+    x, centroids = _check_points(fn, x, centroids)
+    n, k = x.shape[0], centroids.shape[0]
+    offsets = _check_offsets(fn, offsets, "offsets", n, "N")
+    centroid_offsets = _check_offsets(fn, centroid_offsets, "centroid_offsets", k, "K")
+    V.check_same_device(fn, x=x, offsets=offsets, centroid_offsets=centroid_offsets)
+    if centroid_offsets.shape != offsets.shape:
+        raise ValueError(
+            f"{fn}: centroid_offsets must have shape {list(offsets.shape)} to match offsets (S+1), "
+            f"got {list(centroid_offsets.shape)}"
+        )
+    capacity = _check_capacity(fn, capacity, k, x.device)
+    o, co = offsets.cpu(), centroid_offsets.cpu()
+    seg_cap = _segment_sums(capacity.cpu(), co)
+    need = o[1:] - o[:-1]
+    short = seg_cap < need
+    if bool(short.any()):
+        s = int(torch.nonzero(short)[0, 0])
+        raise ValueError(
+            f"{fn}: capacity of segment {s} (centroids {int(co[s])}:{int(co[s + 1])}) sums to "
+            f"{int(seg_cap[s])}, fewer than its {int(need[s])} rows"
+        )
+    labels, _ = _solve(fn, x, offsets, centroids, centroid_offsets, capacity)
+    return labels
+
+
+def _segment_sums(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Per-segment sums of ``values`` [K] over CSR ``offsets`` [S+1] (CPU)."""
+    csum = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(values, 0)])
+    return csum[offsets[1:]] - csum[offsets[:-1]]
+
+
+def _candidates(
+    x: torch.Tensor, c: torch.Tensor, m: int, cand_idx: torch.Tensor, cand_dist: torch.Tensor
+) -> None:
+    """Fill cand_idx/cand_dist [n, m] (slices of the global lists) with each row's min(m, K)
+    nearest centroids, ascending; x: [n, d] float32, c: [K, d] float32."""
+    n, k = x.shape[0], c.shape[0]
+    if n == 0:
+        return
+    mk = min(m, k)
+    cn = (c * c).sum(1)  # [K]
+    tile = max(1, _TILE_FLOATS // max(k, 1))
+    ct = c.t()
+    for i0 in range(0, n, tile):
+        xt = x[i0 : i0 + tile]
+        # ||c||^2 - 2 x.c + ||x||^2, clamped at 0 against round-off.
+        dist = torch.addmm(cn, xt, ct, beta=1.0, alpha=-2.0)
+        dist += (xt * xt).sum(1, keepdim=True)
+        dist.clamp_(min=0.0)
+        if mk == k and k <= 1:
+            vals, idx = dist, torch.zeros_like(dist, dtype=torch.int64)
+        else:
+            vals, idx = torch.topk(dist, mk, dim=1, largest=False, sorted=True)
+        cand_dist[i0 : i0 + tile, :mk] = vals
+        cand_idx[i0 : i0 + tile, :mk] = idx.to(torch.int32)
+
+
+def _solve(
+    fn: str,
+    x: torch.Tensor,
+    offsets: torch.Tensor,
+    centroids: torch.Tensor,
+    centroid_offsets: torch.Tensor,
+    capacity: torch.Tensor,
+    prices: torch.Tensor | None = None,
+    m: int = DEFAULT_CANDIDATES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated inputs -> (labels [N] int64, prices [K] float32).
+
+    ``prices`` (float32 [K], optional) warm-starts the auction with the prices a previous call
+    returned (Lloyd iterations move centroids little); results stay deterministic.
+    """
+    device = x.device
+    if device.type == "cuda":
+        require_cuda_kernels(fn, device)
+    n, d = x.shape
+    k = centroids.shape[0]
+    o, co = offsets.cpu(), centroid_offsets.cpu()
+    seg_k = co[1:] - co[:-1]
+    seg_n = o[1:] - o[:-1]
+    S = int(seg_n.numel())
+    mm = max(1, min(m, int(seg_k.max()) if S > 0 else 1))
+    # float32 copies only when needed (bf16/fp16 or non-contiguous input).
+    x32 = x.to(torch.float32).contiguous()
+    c32 = centroids.to(torch.float32).contiguous()
+    cand_idx = torch.full((n, mm), -1, dtype=torch.int32, device=device)
+    cand_dist = torch.zeros((n, mm), dtype=torch.float32, device=device)
+    ol, col = o.tolist(), co.tolist()
+    for s in range(S):
+        if ol[s + 1] > ol[s]:
+            _candidates(
+                x32[ol[s] : ol[s + 1]], c32[col[s] : col[s + 1]], mm,
+                cand_idx[ol[s] : ol[s + 1]], cand_dist[ol[s] : ol[s + 1]],
+            )
+    # Heap slots: cluster k is bounded (needs a heap of cap_k bids) iff cap_k < its segment's N.
+    n_of_cluster = torch.repeat_interleave(seg_n, seg_k).to(device)
+    slots = torch.where(capacity < n_of_cluster, capacity, torch.zeros_like(capacity))
+    heap_offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), torch.cumsum(slots, 0)])
+    h = int(heap_offsets[-1])
+    heap_bid = torch.empty(max(h, 1), dtype=torch.float32, device=device)
+    heap_pt = torch.empty(max(h, 1), dtype=torch.int32, device=device)
+    count = torch.zeros(max(k, 1), dtype=torch.int64, device=device)
+    if prices is None:
+        price = torch.zeros(max(k, 1), dtype=torch.float32, device=device)
+    else:
+        price = prices.to(device=device, dtype=torch.float32).contiguous().clone()
+        if price.numel() < max(k, 1):
+            price = torch.cat([price, torch.zeros(max(k, 1) - price.numel(), device=device)])
+    stack = torch.empty(max(n, 1), dtype=torch.int32, device=device)
+    exact = torch.empty(max(n, 1), dtype=torch.uint8, device=device)
+    labels = torch.empty(n, dtype=torch.int64, device=device)
+    args = (
+        S, d, mm, offsets.data_ptr(), centroid_offsets.data_ptr(), cand_idx.data_ptr(),
+        cand_dist.data_ptr(), capacity.data_ptr(), x32.data_ptr(), c32.data_ptr(),
+        heap_offsets.data_ptr(), heap_bid.data_ptr(), heap_pt.data_ptr(), count.data_ptr(),
+        price.data_ptr(), stack.data_ptr(), exact.data_ptr(), labels.data_ptr(),
+    )
+    if device.type == "cuda":
+        _C.balanced_assign_cuda(*args, cuda_stream(device))
+    else:
+        _C.balanced_assign_cpu(*args)
+    return labels, price[:k]
