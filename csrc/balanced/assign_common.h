@@ -130,7 +130,8 @@ RESID_HD inline void offer(float w, int32_t c, int32_t* k1, float* b1, float* b2
 // Best and second-best priced option of point row (global row index). Returns k1 (local)
 // or -1 when no option has capacity; *last receives the outside-option bound.
 RESID_HD inline int32_t best_two(const BalancedAssignArgs& a, const Segment& sg, int64_t row,
-                                 bool any_dropped, float* w1, float* w2, float* last) {
+                                 bool any_dropped, float base, float* w1, float* w2,
+                                 float* last) {
   const int32_t* ci = a.cand_idx + row * a.m;
   const float* cd = a.cand_dist + row * a.m;
   const float* xr = a.x + row * a.d;
@@ -157,7 +158,7 @@ RESID_HD inline int32_t best_two(const BalancedAssignArgs& a, const Segment& sg,
   }
   *w1 = b1;
   *w2 = b2;
-  *last = a.bound[row];
+  *last = a.bound[row] - base;
   return k1;
 }
 
@@ -191,7 +192,8 @@ RESID_HD inline int32_t place(const BalancedAssignArgs& a, const Segment& sg, in
 
 // Refresh point row's list: the min(m, K) clusters of smallest d + current price, ascending
 // (ties: lower index), exact distances; bound[row] becomes the largest kept d + price.
-RESID_HD inline void refresh_list(const BalancedAssignArgs& a, const Segment& sg, int64_t row) {
+RESID_HD inline void refresh_list(const BalancedAssignArgs& a, const Segment& sg, int64_t row,
+                                  float base) {
   int32_t* ci = a.cand_idx + row * a.m;
   float* cw = a.cand_dist + row * a.m;  // holds d + price while selecting
   const float* xr = a.x + row * a.d;
@@ -210,14 +212,14 @@ RESID_HD inline void refresh_list(const BalancedAssignArgs& a, const Segment& sg
     cw[pos] = w;
     ci[pos] = static_cast<int32_t>(c);
   }
-  a.bound[row] = cw[mk - 1];
+  a.bound[row] = fadd(cw[mk - 1], base);
   for (int64_t j = 0; j < mk; ++j) cw[j] = row_sq_dist(xr, a.centroids + (sg.k0 + ci[j]) * a.d, a.d);
   a.exact[row] = 1;
 }
 
 // One auction phase at the given eps, from scratch, with a.price as reserve prices.
 RESID_HD inline void auction_phase(const BalancedAssignArgs& a, const Segment& sg, float eps,
-                                   float scale, bool complete, bool any_dropped) {
+                                   float scale, bool complete, bool any_dropped, float base) {
   for (int64_t k = 0; k < sg.K; ++k) a.count[sg.k0 + k] = 0;
   int32_t* stack = a.stack + sg.n0;
   int64_t top = 0;
@@ -234,12 +236,12 @@ RESID_HD inline void auction_phase(const BalancedAssignArgs& a, const Segment& s
       continue;
     }
     float w1, w2, last;
-    const int32_t k1 = best_two(a, sg, sg.n0 + i, any_dropped, &w1, &w2, &last);
+    const int32_t k1 = best_two(a, sg, sg.n0 + i, any_dropped, base, &w1, &w2, &last);
     if (!complete) {
       // Every cluster outside the list costs at least `last`: when that may be better,
       // refresh the list against the current prices and bid again.
       if (k1 < 0 || w1 > last) {
-        refresh_list(a, sg, sg.n0 + i);
+        refresh_list(a, sg, sg.n0 + i, base);
         stack[top++] = i;
         continue;
       }
@@ -268,6 +270,17 @@ RESID_HD inline void settle_prices(const BalancedAssignArgs& a, const Segment& s
     const int64_t kg = sg.k0 + k;
     if (is_bounded(a, kg) && is_full(a, kg)) a.price[kg] = a.heap_bid[a.heap_offsets[kg]];
   }
+}
+
+// Subtract the smallest reserve from every reserve. A uniform shift changes no choice, but
+// left alone prices drift up across phases and Lloyd iterations, and every point's bound
+// (kept in un-shifted units: effective bound = bound - base) would go stale.
+RESID_HD inline void normalise_prices(const BalancedAssignArgs& a, const Segment& sg, float* base) {
+  float lo = kInf;
+  for (int64_t k = 0; k < sg.K; ++k) lo = a.price[sg.k0 + k] < lo ? a.price[sg.k0 + k] : lo;
+  if (!(lo > 0.f) || lo >= kInf) return;
+  for (int64_t k = 0; k < sg.K; ++k) a.price[sg.k0 + k] -= lo;
+  *base = fadd(*base, lo);
 }
 
 // Fallback (bid budget exhausted; not expected in practice): such points go, in index
@@ -333,13 +346,15 @@ RESID_HD inline void resolve_segment(const BalancedAssignArgs& a, int64_t s) {
   // the auction fights long "price wars" of eps-sized steps; warm starts only refine.
   float eps = scale / 8.f;
   if (!a.warm && spread / 4.f > eps) eps = spread / 4.f;
+  float base = 0.f;
   for (bool last_phase = false; !last_phase; eps = eps / 8.f) {
     if (eps <= eps_final * 4.f) {  // the final phase runs at exactly eps_final
       eps = eps_final;
       last_phase = true;
     }
-    auction_phase(a, sg, eps, scale, complete, false);
+    auction_phase(a, sg, eps, scale, complete, false, base);
     settle_prices(a, sg);
+    normalise_prices(a, sg, &base);
   }
   // Clean-up rounds (see the header). Usually one or two; capped at 8 (the labels are valid
   // either way, only the cost bound weakens).
@@ -356,7 +371,7 @@ RESID_HD inline void resolve_segment(const BalancedAssignArgs& a, int64_t s) {
     }
     if (!dropped) break;
     any_dropped = true;
-    auction_phase(a, sg, eps_final, scale, complete, any_dropped);
+    auction_phase(a, sg, eps_final, scale, complete, any_dropped, base);
     settle_prices(a, sg);
   }
   place_fallback(a, sg);
