@@ -175,7 +175,7 @@ def _candidates(
     cand_idx: torch.Tensor, cand_dist: torch.Tensor,
 ) -> None:
     """Fill cand_idx/cand_dist [n, m] (slices of the global lists) with each row's min(m, K)
-    clusters of smallest d + p0, ascending in d + p0; x: [n, d], c: [K, d], p0: [K] float32."""
+    clusters of smallest d + p0, in any order; x: [n, d], c: [K, d], p0: [K] float32."""
     n, k = x.shape[0], c.shape[0]
     if n == 0:
         return
@@ -193,10 +193,10 @@ def _candidates(
         if mk == k and k <= 1:
             vals, idx = dist, torch.zeros_like(dist, dtype=torch.int64)
         elif priced:
-            _, idx = torch.topk(dist + p0, mk, dim=1, largest=False, sorted=True)
+            _, idx = torch.topk(dist + p0, mk, dim=1, largest=False, sorted=False)
             vals = torch.gather(dist, 1, idx)
         else:
-            vals, idx = torch.topk(dist, mk, dim=1, largest=False, sorted=True)
+            vals, idx = torch.topk(dist, mk, dim=1, largest=False, sorted=False)
         cand_dist[i0 : i0 + tile, :mk] = vals
         cand_idx[i0 : i0 + tile, :mk] = idx.to(torch.int32)
 

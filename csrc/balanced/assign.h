@@ -3,8 +3,8 @@
 // One call resolves S independent problems ("segments"). Segment s owns points
 // [offsets[s], offsets[s+1]) and clusters [centroid_offsets[s], centroid_offsets[s+1]).
 // The wrapper (resid_ext/balanced.py) has already computed, tile by tile, each point's m
-// nearest clusters of its segment (cand_idx local to the segment, -1 padding, ascending
-// distance) and allocated every workspace below; the kernels trust these inputs.
+// cheapest clusters of its segment by d + price0 (cand_idx local to the segment, -1 padding
+// at the end, any order) and allocated every workspace below; the kernels trust these inputs.
 #pragma once
 
 #include <cstdint>
@@ -22,8 +22,8 @@ struct BalancedAssignArgs {
   float* cand_dist = nullptr;                 // [N, m] squared distances of those clusters
                                               //     (both rewritten in place when a point's
                                               //     list is refreshed)
-  const float* price0 = nullptr;              // [K] prices the lists were ranked by: each row
-                                              //     is ascending in cand_dist + price0
+  const float* price0 = nullptr;              // [K] prices the lists were ranked by (each row
+                                              //     holds the m smallest cand_dist + price0)
   const int64_t* capacity = nullptr;          // [K] max points per cluster
   const float* x = nullptr;                   // [N, d] float32 (exact fallback distances)
   const float* centroids = nullptr;           // [K, d] float32

@@ -318,9 +318,11 @@ RESID_HD inline void resolve_segment(const BalancedAssignArgs& a, int64_t s) {
   for (int64_t i = 0; i < sg.n; ++i) {
     const int64_t row = sg.n0 + i;
     a.exact[row] = 0;
-    float b = 0.f;  // lists are ascending in d + price0: the last valid entry is the largest
-    for (int64_t j = 0; j < a.m && a.cand_idx[row * a.m + j] >= 0; ++j)
-      b = fadd(a.cand_dist[row * a.m + j], a.price0[sg.k0 + a.cand_idx[row * a.m + j]]);
+    float b = 0.f;  // the largest d + price0 in the list (lists need not be sorted)
+    for (int64_t j = 0; j < a.m && a.cand_idx[row * a.m + j] >= 0; ++j) {
+      const float v = fadd(a.cand_dist[row * a.m + j], a.price0[sg.k0 + a.cand_idx[row * a.m + j]]);
+      b = v > b ? v : b;
+    }
     a.bound[row] = b;
   }
   for (int64_t k = 0; k < sg.K; ++k) a.dropped[sg.k0 + k] = 0;
