@@ -201,6 +201,46 @@ def _candidates(
         cand_idx[i0 : i0 + tile, :mk] = idx.to(torch.int32)
 
 
+def _candidates_complete(
+    x: torch.Tensor, o: list[int], c: torch.Tensor, co: list[int], m: int,
+    cand_idx: torch.Tensor, cand_dist: torch.Tensor,
+) -> None:
+    """Many segments, each with K_s <= m clusters (GAOQ levels): every row's list is all of
+    its segment's clusters. Rows are contiguous per segment and so are their centroids, so a
+    tile of rows needs one GEMM against one contiguous centroid range; each row then gathers
+    its own K_s columns. Tiles are sized so rows x centroid range stays within budget."""
+    import bisect
+
+    n, dev = x.shape[0], x.device
+    seg_n = torch.tensor([o[s + 1] - o[s] for s in range(len(o) - 1)])
+    seg_of_row = torch.repeat_interleave(torch.arange(len(o) - 1), seg_n)
+    cof = torch.tensor(co)
+    k0_row = cof[:-1][seg_of_row].to(dev)
+    kn_row = (cof[1:] - cof[:-1])[seg_of_row].to(dev)
+    cn = (c * c).sum(1)
+    ar = torch.arange(m, device=dev)
+    i0 = 0
+    while i0 < n:
+        t = min(n - i0, 4096)
+        while True:
+            sa = bisect.bisect_right(o, i0) - 1
+            sb = bisect.bisect_right(o, i0 + t - 1) - 1
+            kr0, kr1 = co[sa], co[sb + 1]
+            if t * (kr1 - kr0) <= _TILE_FLOATS or t == 1:
+                break
+            t = max(1, t // 2)
+        xt = x[i0 : i0 + t]
+        dist = torch.addmm(cn[kr0:kr1], xt, c[kr0:kr1].t(), beta=1.0, alpha=-2.0)
+        dist += (xt * xt).sum(1, keepdim=True)
+        dist.clamp_(min=0.0)
+        valid = ar[None, :] < kn_row[i0 : i0 + t, None]
+        cols = ((k0_row[i0 : i0 + t] - kr0)[:, None] + ar[None, :]).clamp_(max=max(kr1 - kr0 - 1, 0))
+        vals = torch.gather(dist, 1, cols) if kr1 > kr0 else torch.zeros((t, m), device=dev)
+        cand_dist[i0 : i0 + t] = torch.where(valid, vals, torch.zeros_like(vals))
+        cand_idx[i0 : i0 + t] = torch.where(valid, ar[None, :].expand(t, m), torch.full_like(cols, -1)).to(torch.int32)
+        i0 += t
+
+
 #: Cold starts estimate prices on a sample of this many points per cluster (see _estimate_prices).
 _PRICE_SAMPLE_PER_CLUSTER = 16
 
@@ -295,8 +335,12 @@ def _solve(
         price0 = prices.to(device=device, dtype=torch.float32).clamp(min=0).contiguous()
     cand_idx = torch.full((n, mm), -1, dtype=torch.int32, device=device)
     cand_dist = torch.zeros((n, mm), dtype=torch.float32, device=device)
-    for s in range(S):
-        if ol[s + 1] > ol[s]:
+    if S > 1 and int(seg_k.max()) <= mm:
+        _candidates_complete(x32, ol, c32, col, mm, cand_idx, cand_dist)
+    else:
+        for s in range(S):
+            if ol[s + 1] <= ol[s]:
+                continue
             _candidates(
                 x32[ol[s] : ol[s + 1]], c32[col[s] : col[s + 1]], price0[col[s] : col[s + 1]], mm,
                 cand_idx[ol[s] : ol[s + 1]], cand_dist[ol[s] : ol[s + 1]],
