@@ -180,23 +180,24 @@ def _candidates(
     if n == 0:
         return
     mk = min(m, k)
-    cn = (c * c).sum(1)  # [K]
+    priced = bool((p0 != 0).any()) and mk < k
+    # Ranking a row needs only ||c||^2 + p0 - 2 x.c (||x||^2 is constant along the row), so
+    # the [tile, K] work is one GEMM with that bias and one top-k; ||x||^2 is added to the m
+    # kept values only.
+    bias = (c * c).sum(1) + p0 if priced else (c * c).sum(1)  # [K]
     tile = max(1, _TILE_FLOATS // max(k, 1))
     ct = c.t()
-    priced = bool((p0 != 0).any()) and mk < k
     for i0 in range(0, n, tile):
         xt = x[i0 : i0 + tile]
-        # ||c||^2 - 2 x.c + ||x||^2, clamped at 0 against round-off.
-        dist = torch.addmm(cn, xt, ct, beta=1.0, alpha=-2.0)
-        dist += (xt * xt).sum(1, keepdim=True)
-        dist.clamp_(min=0.0)
+        part = torch.addmm(bias, xt, ct, beta=1.0, alpha=-2.0)  # [tile, K]
         if mk == k and k <= 1:
-            vals, idx = dist, torch.zeros_like(dist, dtype=torch.int64)
-        elif priced:
-            _, idx = torch.topk(dist + p0, mk, dim=1, largest=False, sorted=False)
-            vals = torch.gather(dist, 1, idx)
+            vals, idx = part, torch.zeros_like(part, dtype=torch.int64)
         else:
-            vals, idx = torch.topk(dist, mk, dim=1, largest=False, sorted=False)
+            vals, idx = torch.topk(part, mk, dim=1, largest=False, sorted=False)
+        if priced:
+            vals = vals - p0[idx]
+        # Squared distances, clamped at 0 against round-off.
+        vals = (vals + (xt * xt).sum(1, keepdim=True)).clamp_(min=0.0)
         cand_dist[i0 : i0 + tile, :mk] = vals
         cand_idx[i0 : i0 + tile, :mk] = idx.to(torch.int32)
 
