@@ -246,3 +246,33 @@ def test_unchecked_values_stay_memory_safe():
     nodes[:, 0] = 10**9  # out of range: treated as dead when checks are skipped
     out = trie_beam_step(lp, scores, nodes, trie, check_values=False)
     assert out.scores.eq(NEG_INF).all()
+
+
+def test_nan_log_prob_is_not_a_continuation():
+    sids = torch.tensor([[0, 0], [1, 0], [2, 0]])
+    trie = Trie(sids)
+    scores, nodes = beam_start(1, 3)
+    lp = torch.tensor([[[-1.0, float("nan"), -2.0]] * 3])
+    out = trie_beam_step(lp, scores, nodes, trie)
+    assert out.codes[0].tolist() == [0, 2, -1] and out.scores[0, 2] == NEG_INF
+    _assert_same(out, trie_beam_step_ref(lp, scores, nodes, trie))
+
+
+def test_parallel_rows_equal_serial_rows():
+    """~57k candidates: the batched call takes the OpenMP path (>= 32k), each one-row call the
+    serial one; both must agree, and two rows are checked against the reference."""
+    trie = Trie(random_sids(8000, [128, 128], 50))
+    lp, scores, nodes = random_beam_state(trie, 16, 64, 1, 50, dead=0.1)
+    out = trie_beam_step(lp, scores, nodes, trie)
+    for r in range(16):
+        one = trie_beam_step(lp[r:r + 1], scores[r:r + 1], nodes[r:r + 1], trie)
+        assert all(torch.equal(x[r:r + 1], y) for x, y in zip(out, one))
+    _assert_same(BeamStep(*(x[:2] for x in out)), trie_beam_step_ref(lp[:2], scores[:2], nodes[:2], trie))
+
+
+def test_unchecked_equals_checked_on_valid_input():
+    trie = Trie(random_sids(200, [16, 16], 51))
+    lp, scores, nodes = random_beam_state(trie, 5, 7, 1, 51, ties=True)
+    a = trie_beam_step(lp, scores, nodes, trie)
+    b = trie_beam_step(lp, scores, nodes, trie, check_values=False)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))

@@ -6,10 +6,14 @@
 // total descending, ties by (parent slot, code) ascending; write them sorted. Slots past the
 // number of candidates are padding: score -inf, node/parent/code -1.
 //
-// Algorithm: one pass over the row's candidates in flat (slot, edge) order with a size-W min-heap
-// of 64-bit ranks (trie_step_common.h); most candidates are rejected by one integer compare with
-// the heap's worst. O(C log W) per row for C candidates, rows in parallel (OpenMP). Scratch:
-// per thread W ranks + W+1 offsets + W edge starts, reused across calls (thread_local).
+// Algorithm: one pass over the row's candidates in flat (slot, edge) order, appending their unique
+// 64-bit ranks (trie_step_common.h) to a buffer of 4W; when it fills, nth_element keeps the best W
+// and their worst becomes a threshold that rejects most later candidates with one integer compare
+// (faiss-style reservoir; cheaper than a heap when few candidates are rejected, e.g. at the root).
+// Then the kept W are sorted. O(C + W log W) per row for C candidates. Rows run in parallel
+// (OpenMP) only when the step has enough candidates to pay for a barrier: on a loaded machine a
+// descheduled worker costs a time slice. Scratch per thread: 4W ranks + W+1 offsets + W edge
+// starts, reused across calls (thread_local), so a call allocates nothing beyond its outputs.
 #include <algorithm>
 #include <functional>
 #include <vector>
@@ -21,15 +25,18 @@ namespace resid {
 
 namespace {
 
+// Below this many candidates in a step the rows run on one thread (about 0.1 ms of work).
+constexpr int64_t kParallelCandidates = 1 << 15;
+
 struct RowScratch {
-  std::vector<uint64_t> heap;
+  std::vector<uint64_t> buf;
   std::vector<uint32_t> off;
   std::vector<int64_t> edge_begin;
 };
 
-void step_row(const BeamStepArgs& a, int64_t row, RowScratch& s) {
+// Offsets of the row's flat candidate numbering; returns the candidate count.
+uint32_t row_offsets(const BeamStepArgs& a, int64_t row, RowScratch& s) {
   const int64_t W = a.width;
-  s.heap.clear();
   s.off.resize(W + 1);
   s.edge_begin.resize(W);
   uint32_t total = 0;
@@ -38,8 +45,18 @@ void step_row(const BeamStepArgs& a, int64_t row, RowScratch& s) {
     total += static_cast<uint32_t>(beam::slot_children(a, row, w, &s.edge_begin[w]));
   }
   s.off[W] = total;
+  return total;
+}
 
-  const std::greater<uint64_t> worse_first;  // min-heap: heap[0] is the worst kept rank
+void step_row(const BeamStepArgs& a, int64_t row, RowScratch& s) {
+  const int64_t W = a.width;
+  row_offsets(a, row, s);
+  const int64_t cap = 4 * W;
+  s.buf.resize(cap);
+  uint64_t* buf = s.buf.data();
+  const std::greater<uint64_t> better;  // ranks: larger is better
+  int64_t n = 0;
+  uint64_t threshold = 0;  // every rank kept from now on must beat the W-th best seen so far
   const float* scores = a.scores + row * W;
   for (int64_t w = 0; w < W; ++w) {
     const uint32_t deg = s.off[w + 1] - s.off[w];
@@ -50,28 +67,35 @@ void step_row(const BeamStepArgs& a, int64_t row, RowScratch& s) {
       const int64_t code = codes[j];
       if (code >= a.vocab) continue;  // only reachable when the caller skipped value checks
       const uint64_t rank = beam::candidate_rank(scores[w], lp[code], s.off[w] + j);
-      if (rank == 0) continue;
-      if (static_cast<int64_t>(s.heap.size()) < W) {
-        s.heap.push_back(rank);
-        std::push_heap(s.heap.begin(), s.heap.end(), worse_first);
-      } else if (rank > s.heap.front()) {
-        std::pop_heap(s.heap.begin(), s.heap.end(), worse_first);
-        s.heap.back() = rank;
-        std::push_heap(s.heap.begin(), s.heap.end(), worse_first);
+      if (rank <= threshold) continue;  // also drops rank 0 (not a continuation)
+      buf[n++] = rank;
+      if (n == cap) {
+        std::nth_element(buf, buf + (W - 1), buf + n, better);
+        threshold = buf[W - 1];
+        n = W;
       }
     }
   }
-  std::sort(s.heap.begin(), s.heap.end(), worse_first);  // best first
-  const int64_t kept = static_cast<int64_t>(s.heap.size());
-  for (int64_t r = 0; r < kept; ++r) beam::write_selected(a, row, r, s.heap[r], s.off.data(), s.edge_begin.data());
-  for (int64_t r = kept; r < W; ++r) beam::write_padding(a, row, r);
+  if (n > W) {
+    std::nth_element(buf, buf + (W - 1), buf + n, better);
+    n = W;
+  }
+  std::sort(buf, buf + n, better);  // best first
+  for (int64_t r = 0; r < n; ++r) beam::write_selected(a, row, r, buf[r], s.off.data(), s.edge_begin.data());
+  for (int64_t r = n; r < W; ++r) beam::write_padding(a, row, r);
 }
 
 }  // namespace
 
 void trie_beam_step_cpu(const BeamStepArgs& a) {
 #ifdef RESID_WITH_OPENMP
-#pragma omp parallel if (a.batch > 1)
+  // Candidate count of the whole step: O(B W) reads of child_offsets, decides threading.
+  int64_t candidates = 0;
+  for (int64_t i = 0; i < a.batch * a.width && candidates < kParallelCandidates; ++i) {
+    int64_t begin;
+    candidates += beam::slot_children(a, i / a.width, i % a.width, &begin);
+  }
+#pragma omp parallel if (a.batch > 1 && candidates >= kParallelCandidates)
 #endif
   {
     thread_local RowScratch scratch;
