@@ -156,6 +156,19 @@ def test_recbole_reader(tmp_path):
     assert two.fields == ["categories_1", "categories_2", "brand"]
 
 
+def test_recbole_interactions_only(tmp_path):
+    write_recbole(tmp_path)
+    (tmp_path / "sci.item").unlink()
+    raw = read_raw(tmp_path)
+    assert raw.fields == [] and raw.items["item_id"].tolist() == ["i1", "i2"] and raw.decisions["no_item_file"] == 1
+    ds = prepare(raw, min_count=1)
+    assert ds.fields == ["item_id"] and ds.item_features.tolist() == [[1], [2]] and ds.vocab_sizes == [4]
+    # u1: i2 (t=100) then i1 (t=300); u2: i1 only, too short to evaluate
+    assert ds.split("test", 4).users.tolist() == [0] and ds.split("test", 4).targets.tolist() == [0]
+    assert ds.train_samples(4, cover_eval_items=False).shape == (0, 4)
+    assert ds.train_samples(4).tolist() == [[-1, -1, 1, 0]]  # eval-only i1 added from u1's test window
+
+
 def test_recbole_without_timestamp_uses_file_order(tmp_path):
     write_recbole(tmp_path, with_ts=False)
     raw = read_raw(tmp_path)

@@ -92,9 +92,19 @@ def finish_items(
 
 
 def _clean_str(col: pd.Series) -> pd.Series:
-    """Cells as plain Python str with surrounding whitespace stripped; NaN/None -> ""."""
+    """Cells as str with surrounding whitespace stripped; NaN/None -> "". Integral floats
+    (an int column with nulls, from parquet) print as ints: 3.0 -> "3"."""
+    if pd.api.types.is_string_dtype(col) and col.dtype != object:  # vectorised (pyarrow strings)
+        return col.fillna("").str.strip().astype(object)
+    if pd.api.types.is_float_dtype(col):
+        f = col.astype(np.float64)
+        ok = f.notna()
+        if bool((f[ok] == np.floor(f[ok])).all()):
+            out = pd.Series("", index=col.index, dtype=object)
+            out[ok] = f[ok].astype(np.int64).astype(str)
+            return out
     values = col.to_numpy(dtype=object)
-    out = np.array(["" if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v).strip() for v in values], dtype=object)
+    out = np.array(["" if (v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA) else str(v).strip() for v in values], dtype=object)
     return pd.Series(out, index=col.index, dtype=object)
 
 

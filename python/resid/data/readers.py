@@ -82,12 +82,16 @@ def _find(d: Path, stem: str) -> Path | None:
     return None
 
 
-def _read_table(path: Path, required: list[str]) -> pd.DataFrame:
+def _read_table(path: Path, required: list[str], numeric: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Every column as str ("" = missing) except ``numeric`` ones, which the CSV parser may
+    type itself (fast for clean int columns; a column with blanks or text stays str)."""
     try:
         if path.name.endswith(".parquet"):
             df = pd.read_parquet(path)
         else:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+            header = pd.read_csv(path, nrows=0).columns
+            dtypes = {c: str for c in header if c not in numeric}
+            df = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_filter=False)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path}: the file is empty (no header)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
@@ -110,7 +114,7 @@ def read_tidy(d: Path, duplicates: str = "error") -> RawDataset:
     items = finish_items(items, str(items_path), decisions, duplicates)
     texts = items[text_cols].reset_index(drop=True) if text_cols else None
     items = items.drop(columns=text_cols)
-    events = finish_events(_read_table(events_path, ["user_id", "item_id", "timestamp"]), str(events_path), decisions)
+    events = finish_events(_read_table(events_path, ["user_id", "item_id", "timestamp"], numeric=("timestamp",)), str(events_path), decisions)
     return RawDataset(name=d.name, format="tidy", items=items, events=events, texts=texts, decisions=decisions)
 
 
@@ -304,8 +308,6 @@ def _read_atomic(path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
 def read_recbole(d: Path, seq_values: int = 3, duplicates: str = "error") -> RawDataset:
     inter_path = _one(d, ".inter")
     item_path = inter_path.with_name(inter_path.name[: -len(".inter")] + ".item")
-    if not item_path.is_file():
-        raise FileNotFoundError(f"{d}: found {inter_path.name} but no {item_path.name}")
     decisions: dict[str, int] = {}
     inter, itypes = _read_atomic(inter_path)
     for col in ("user_id", "item_id"):
@@ -316,6 +318,12 @@ def read_recbole(d: Path, seq_values: int = 3, duplicates: str = "error") -> Raw
         decisions["timestamps_from_file_order"] = 1
         inter["timestamp"] = np.arange(len(inter), dtype=np.int64)
     events = finish_events(inter, str(inter_path), decisions)
+    if not item_path.is_file():
+        # interactions only (common for RecBole datasets): items are the event items, no fields
+        log.warning("%s: no %s; items get no fields besides item_id", d, item_path.name)
+        decisions["no_item_file"] = 1
+        items = pd.DataFrame({"item_id": pd.unique(events["item_id"].to_numpy())}, dtype=object)
+        return RawDataset(name=inter_path.name[: -len(".inter")], format="recbole", items=items, events=events, decisions=decisions)
     meta, types = _read_atomic(item_path)
     if "item_id" not in meta.columns:
         raise ValueError(f"{item_path}: missing column 'item_id'; it has {list(meta.columns)}")
