@@ -10,7 +10,8 @@ Per batch of B users, beam width W, L SID levels:
 3. each of the L steps runs one KV-cached decoder position on [B*W, 1], takes log-softmax over the
    full vocabulary (as HF does, so scores agree token for token), slices the level's code range
    and calls the fused ``trie_beam_step`` kernel, which keeps the W best valid continuations;
-   the self-attention cache is then reordered by the returned parent slots;
+   the self-attention cache is then reordered by the returned parent slots (the bos position's
+   keys/values stay per user, broadcast over the beams);
 4. the leaves reached after L steps map to item rows through ``trie.items``.
 
 Scores are sums of log-probabilities (no length penalty: every SID has length L).
@@ -65,41 +66,46 @@ class _Decoder:
         self.self_bias = model.decoder[0].self_attn.position_bias(L, L, enc.device)[0]
         # q, k, v of self-attention in one GEMM: [3*h*dk, d]
         self.qkv = [torch.cat([b.self_attn.q.weight, b.self_attn.k.weight, b.self_attn.v.weight]) for b in model.decoder]
-        # keys and values of all layers and L positions: [layers, R, L, 2*h*dk] (filled up to the
-        # current step), plus a second buffer that reorder() gathers into (no allocation per step)
-        self.kv: torch.Tensor | None = None
-        self.kv_spare: torch.Tensor | None = None
+        # self-attention keys/values per decoder position p: [layers, R_p, 2*h*dk]. Position 0
+        # (bos) is computed with one root beam per user, so it stays per user (R_0 = B) and is
+        # broadcast over the beams, never reordered; positions >= 1 are per beam (R_p = B*W).
+        # The last position's keys/values are never needed again, so they are not kept.
+        self.kv: list[list[torch.Tensor]] = []
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Keep cache rows ``rows`` ([R'] int64 into the current R rows), e.g. the parents' rows."""
-        assert self.kv is not None
-        shape = (self.kv.shape[0], rows.shape[0], *self.kv.shape[2:])
-        if self.kv_spare is None or self.kv_spare.shape != shape:
-            self.kv_spare = self.kv.new_empty(shape)
-        torch.index_select(self.kv, 1, rows, out=self.kv_spare)
-        self.kv, self.kv_spare = self.kv_spare, self.kv
+        """Beams now descend from rows ``rows`` ([B*W] int64 into the current rows, user-major)."""
+        self.kv = [self.kv[0]] + [[t.index_select(0, rows) for t in layers] for layers in self.kv[1:]]
 
     def step(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
         """tokens: [B*w] (w beams per user, user-major) at decoder position ``pos`` -> final decoder
         states [B*w, d] (before the LM head)."""
-        m, h, dk = self.model, self.h, self.dk
+        m, h, dk, B = self.model, self.h, self.dk, self.B
         R = tokens.shape[0]
-        w = R // self.B
+        w = R // B
+        hd = h * dk
         x = m.embed(tokens)  # [R, d]
         bias = self.self_bias[:, pos, : pos + 1].t()  # [pos+1, h]
-        if self.kv is None:
-            self.kv = x.new_empty(len(m.decoder), R, self.L, 2 * h * dk)
+        keep = pos < self.L - 1
+        new_kv: list[torch.Tensor] = []
         for i, blk in enumerate(m.decoder):
             a = blk.self_attn
             qkv = F.linear(blk.self_norm(x), self.qkv[i])  # [R, 3*h*dk]
-            kv = self.kv[i]  # [R, L, 2*h*dk]
-            kv[:, pos] = qkv[:, h * dk :]
-            k = kv[:, : pos + 1, : h * dk].view(R, pos + 1, h, dk)
-            v = kv[:, : pos + 1, h * dk :].view(R, pos + 1, h, dk)
+            if keep:
+                new_kv.append(qkv[:, hd:])
+            q = qkv[:, :hd].view(B, w, 1, h, dk)
+            # keys/values of positions 0..pos, each broadcastable to [B, w, h, dk]
+            ks = [self.kv[0][i][:, :hd].view(B, 1, h, dk)] if pos else []
+            vs = [self.kv[0][i][:, hd:].view(B, 1, h, dk)] if pos else []
+            for p in range(1, pos):
+                ks.append(self.kv[p][i][:, :hd].view(B, w, h, dk))
+                vs.append(self.kv[p][i][:, hd:].view(B, w, h, dk))
+            ks.append(qkv[:, hd : 2 * hd].view(B, w, h, dk))
+            vs.append(qkv[:, 2 * hd :].view(B, w, h, dk))
             # at most L keys: elementwise products beat a batched matmul of [1 x dk] rows
-            scores = (qkv[:, : h * dk].view(R, 1, h, dk) * k).sum(-1) + bias  # [R, pos+1, h]
-            att = torch.softmax(scores, dim=1)
-            x = x + a.o((att.unsqueeze(-1) * v).sum(1).view(R, h * dk))
+            scores = torch.stack([(q[:, :, 0] * k).sum(-1) for k in ks], dim=2) + bias  # [B, w, pos+1, h]
+            att = torch.softmax(scores, dim=2)
+            out = sum(att[:, :, p].unsqueeze(-1) * v for p, v in enumerate(vs))  # [B, w, h, dk]
+            x = x + a.o(out.reshape(R, hd))
             # cross-attention: all w beams of a user against that user's keys
             c = blk.cross_attn
             assert c is not None and blk.cross_norm is not None
@@ -108,6 +114,8 @@ class _Decoder:
             att = torch.softmax(torch.matmul(q, ck.transpose(-1, -2)) + self.cross_bias, dim=-1)  # [B, h, w, T]
             x = x + c.o(torch.matmul(att, cv).transpose(1, 2).reshape(R, h * dk))
             x = x + blk.ff.wo(torch.relu_(blk.ff.wi(blk.ff_norm(x))))
+        if keep:
+            self.kv.append(new_kv)
         return m.decoder_norm(x)
 
     def level_log_probs(self, x: torch.Tensor, off: int, size: int, chunk: int = 2048) -> torch.Tensor:
