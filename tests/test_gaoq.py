@@ -212,3 +212,18 @@ def test_crowded_prefix_is_refused(monkeypatch):
     monkeypatch.setattr(gaoq_mod, "MAX_LAST_SIZE", 10)
     with pytest.raises(ValueError, match="largest prefix holds 25 items"):
         GAOQ(branching=(2,), progress=False).fit(_random(n=50, d=8))
+
+
+def test_parent_smaller_than_branching_gets_one_child_per_item():
+    z = _random(n=10, d=16, seed=11)
+    q = GAOQ(branching=(2, 8), seed=0, progress=False)
+    codes = q.fit(z)  # each parent holds 5 < 8 items
+    assert _unique_rows(codes) == 10
+    kids = q.tree.sizes[1].reshape(2, 8)
+    assert (np.sort(kids, axis=1)[:, ::-1][:, :5] == 1).all() and kids.sum() == 10
+    assert np.isfinite(q.tree.centroids[1]).all()
+    assert q.code_sizes()[-1] == 1
+    # New points never descend into an empty child: their prefix is a fitted one.
+    got = q.assign(_random(n=20, d=16, seed=12))
+    fitted = {tuple(r) for r in codes[:, :2].tolist()}
+    assert all(tuple(r) in fitted for r in got[:, :2].tolist())
