@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "auto-sized); 'auto' alone = b1*b2 ~ N/15 (paper App. G). Default: auto")
     p.add_argument("--iters", type=int, default=20, help="balanced k-means iterations per level (default 20)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--anchor-basis", choices=["random", "pca"], default="random",
+                   help="GAOQ anchors: seeded random orthonormal (the paper) or the principal directions of the "
+                        "centred child centroids (see docs/gaoq.md for when that helps)")
     p.add_argument("--dataset", default=None, help="prepared dataset folder: adds the history/target code overlap")
     p.add_argument("--compare", action="store_true", help="also fit the other two methods and print all side by side")
     p.set_defaults(func=run)
@@ -59,11 +62,11 @@ def _overlap_inputs(dataset: str, item_ids: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def quantize(z: np.ndarray, method: str, branching: tuple[int, ...] | None, iters: int, seed: int,
-             hist: np.ndarray | None, targets: np.ndarray | None) -> tuple[Any, np.ndarray, dict[str, Any]]:
+             hist: np.ndarray | None, targets: np.ndarray | None, anchor_basis: str = "random") -> tuple[Any, np.ndarray, dict[str, Any]]:
     from resid.diagnostics import quantizer_report
     from resid.quantizers import make_quantizer
 
-    q = make_quantizer(method, branching, seed=seed, iters=iters)
+    q = make_quantizer(method, branching, seed=seed, iters=iters, anchor_basis=anchor_basis)
     t0 = time.perf_counter()
     codes = q.fit(z)
     seconds = time.perf_counter() - t0
@@ -108,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     reports: dict[str, dict[str, Any]] = {}
     for m in methods:
         print(f"resid quantize: fitting {m} on {z.shape[0]} x {z.shape[1]}", file=sys.stderr)
-        q, codes, rep = quantize(z, m, branching, args.iters, args.seed, hist, targets)
+        q, codes, rep = quantize(z, m, branching, args.iters, args.seed, hist, targets, args.anchor_basis)
         reports[m] = rep
         if m == args.method:
             save_sids(out / "sids.parquet", item_ids, codes)
