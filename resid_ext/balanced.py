@@ -171,10 +171,11 @@ def _segment_sums(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
 
 
 def _candidates(
-    x: torch.Tensor, c: torch.Tensor, m: int, cand_idx: torch.Tensor, cand_dist: torch.Tensor
+    x: torch.Tensor, c: torch.Tensor, p0: torch.Tensor, m: int,
+    cand_idx: torch.Tensor, cand_dist: torch.Tensor,
 ) -> None:
     """Fill cand_idx/cand_dist [n, m] (slices of the global lists) with each row's min(m, K)
-    nearest centroids, ascending; x: [n, d] float32, c: [K, d] float32."""
+    clusters of smallest d + p0, ascending in d + p0; x: [n, d], c: [K, d], p0: [K] float32."""
     n, k = x.shape[0], c.shape[0]
     if n == 0:
         return
@@ -182,6 +183,7 @@ def _candidates(
     cn = (c * c).sum(1)  # [K]
     tile = max(1, _TILE_FLOATS // max(k, 1))
     ct = c.t()
+    priced = bool((p0 != 0).any()) and mk < k
     for i0 in range(0, n, tile):
         xt = x[i0 : i0 + tile]
         # ||c||^2 - 2 x.c + ||x||^2, clamped at 0 against round-off.
@@ -190,10 +192,66 @@ def _candidates(
         dist.clamp_(min=0.0)
         if mk == k and k <= 1:
             vals, idx = dist, torch.zeros_like(dist, dtype=torch.int64)
+        elif priced:
+            _, idx = torch.topk(dist + p0, mk, dim=1, largest=False, sorted=True)
+            vals = torch.gather(dist, 1, idx)
         else:
             vals, idx = torch.topk(dist, mk, dim=1, largest=False, sorted=True)
         cand_dist[i0 : i0 + tile, :mk] = vals
         cand_idx[i0 : i0 + tile, :mk] = idx.to(torch.int32)
+
+
+#: Cold starts estimate prices on a sample of this many points per cluster (see _estimate_prices).
+_PRICE_SAMPLE_PER_CLUSTER = 16
+
+
+def _proportional(cap: torch.Tensor, total: int) -> torch.Tensor:
+    """Integer capacities proportional to ``cap`` summing to exactly ``total`` (largest
+    remainders), so the sampled problem has no slack (slack makes the auction slower)."""
+    share = cap.double() * total / float(cap.sum())
+    out = share.floor().to(torch.int64)
+    short = total - int(out.sum())
+    if short > 0:
+        order = torch.argsort(share - out.double(), descending=True, stable=True)
+        out[order[:short].to(out.device)] += 1
+    return out
+
+
+def _estimate_prices(
+    x: torch.Tensor, o: list[int], c: torch.Tensor, co: list[int], capacity: torch.Tensor, mm: int,
+) -> torch.Tensor | None:
+    """Cold-start prices [K] from a balanced assignment of a seeded sample (complete lists).
+
+    The transportation dual prices are in distance units and barely depend on the sample
+    size, so candidate lists ranked by d + these prices hold almost every point's final
+    cluster: far fewer points need exact bidding. None when no segment would benefit.
+    """
+    gen = torch.Generator().manual_seed(0)  # fixed: the solve stays deterministic
+    rows, s_off, s_cap = [], [0], []
+    used = False
+    for s in range(len(o) - 1):
+        n_s, k_s = o[s + 1] - o[s], co[s + 1] - co[s]
+        p_s = _PRICE_SAMPLE_PER_CLUSTER * k_s
+        cap_s = capacity[co[s] : co[s + 1]]
+        if k_s > mm and n_s > 2 * p_s:
+            pick = torch.randperm(n_s, generator=gen)[:p_s].to(x.device) + o[s]
+            rows.append(pick)
+            s_cap.append(_proportional(cap_s, p_s))
+            used = True
+        else:
+            s_cap.append(torch.zeros_like(cap_s))
+            p_s = 0
+        s_off.append(s_off[-1] + p_s)
+    if not used:
+        return None
+    xs = x[torch.cat(rows)]
+    dev = x.device
+    offs = torch.tensor(s_off, dtype=torch.int64, device=dev)
+    cof = torch.tensor(co, dtype=torch.int64, device=dev)
+    k_max = max(co[s + 1] - co[s] for s in range(len(co) - 1))
+    zeros = torch.zeros(c.shape[0], dtype=torch.float32, device=dev)
+    _, prices = _solve("estimate", xs, offs, c, cof, torch.cat(s_cap), zeros, m=k_max, cold=True)
+    return prices
 
 
 def _solve(
@@ -205,11 +263,14 @@ def _solve(
     capacity: torch.Tensor,
     prices: torch.Tensor | None = None,
     m: int = DEFAULT_CANDIDATES,
+    stats: dict | None = None,
+    cold: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated inputs -> (labels [N] int64, prices [K] float32).
 
     ``prices`` (float32 [K], optional) warm-starts the auction with the prices a previous call
-    returned (Lloyd iterations move centroids little); results stay deterministic.
+    returned (Lloyd iterations move centroids little); without it, prices are estimated on a
+    sample. ``cold`` treats given prices as a rough guess. Deterministic either way.
     """
     device = x.device
     if device.type == "cuda":
@@ -221,16 +282,23 @@ def _solve(
     seg_n = o[1:] - o[:-1]
     S = int(seg_n.numel())
     mm = max(1, min(m, int(seg_k.max()) if S > 0 else 1))
+    ol, col = o.tolist(), co.tolist()
     # float32 copies only when needed (bf16/fp16 or non-contiguous input).
     x32 = x.to(torch.float32).contiguous()
     c32 = centroids.to(torch.float32).contiguous()
+    warm = prices is not None and not cold
+    if prices is None:
+        prices = _estimate_prices(x32, ol, c32, col, capacity, mm)
+    if prices is None:
+        price0 = torch.zeros(max(k, 1), dtype=torch.float32, device=device)
+    else:
+        price0 = prices.to(device=device, dtype=torch.float32).clamp(min=0).contiguous()
     cand_idx = torch.full((n, mm), -1, dtype=torch.int32, device=device)
     cand_dist = torch.zeros((n, mm), dtype=torch.float32, device=device)
-    ol, col = o.tolist(), co.tolist()
     for s in range(S):
         if ol[s + 1] > ol[s]:
             _candidates(
-                x32[ol[s] : ol[s + 1]], c32[col[s] : col[s + 1]], mm,
+                x32[ol[s] : ol[s + 1]], c32[col[s] : col[s + 1]], price0[col[s] : col[s + 1]], mm,
                 cand_idx[ol[s] : ol[s + 1]], cand_dist[ol[s] : ol[s + 1]],
             )
     # Heap slots: cluster k is bounded (needs a heap of cap_k bids) iff cap_k < its segment's N.
@@ -241,23 +309,23 @@ def _solve(
     heap_bid = torch.empty(max(h, 1), dtype=torch.float32, device=device)
     heap_pt = torch.empty(max(h, 1), dtype=torch.int32, device=device)
     count = torch.zeros(max(k, 1), dtype=torch.int64, device=device)
-    if prices is None:
-        price = torch.zeros(max(k, 1), dtype=torch.float32, device=device)
-    else:
-        price = prices.to(device=device, dtype=torch.float32).contiguous().clone()
-        if price.numel() < max(k, 1):
-            price = torch.cat([price, torch.zeros(max(k, 1) - price.numel(), device=device)])
+    price = price0.clone()
+    dropped = torch.zeros(max(k, 1), dtype=torch.uint8, device=device)
     stack = torch.empty(max(n, 1), dtype=torch.int32, device=device)
     exact = torch.empty(max(n, 1), dtype=torch.uint8, device=device)
+    bound = torch.empty(max(n, 1), dtype=torch.float32, device=device)
     labels = torch.empty(n, dtype=torch.int64, device=device)
     args = (
-        S, d, mm, offsets.data_ptr(), centroid_offsets.data_ptr(), cand_idx.data_ptr(),
-        cand_dist.data_ptr(), capacity.data_ptr(), x32.data_ptr(), c32.data_ptr(),
+        S, d, mm, int(warm), offsets.data_ptr(), centroid_offsets.data_ptr(), cand_idx.data_ptr(),
+        cand_dist.data_ptr(), price0.data_ptr(), capacity.data_ptr(), x32.data_ptr(), c32.data_ptr(),
         heap_offsets.data_ptr(), heap_bid.data_ptr(), heap_pt.data_ptr(), count.data_ptr(),
-        price.data_ptr(), stack.data_ptr(), exact.data_ptr(), labels.data_ptr(),
+        price.data_ptr(), dropped.data_ptr(), stack.data_ptr(), exact.data_ptr(),
+        bound.data_ptr(), labels.data_ptr(),
     )
     if device.type == "cuda":
         _C.balanced_assign_cuda(*args, cuda_stream(device))
     else:
         _C.balanced_assign_cpu(*args)
+    if stats is not None:
+        stats["refreshed_points"] = int(exact[:n].sum())
     return labels, price[:k]

@@ -15,10 +15,15 @@ struct BalancedAssignArgs {
   int64_t num_segments = 0;           // S
   int64_t d = 0;                      // feature dim (fallback distances)
   int64_t m = 0;                      // candidates per point
+  int64_t warm = 0;                   // 1: price0 are a previous solve's prices (fine eps start)
   const int64_t* offsets = nullptr;           // [S+1] point offsets
   const int64_t* centroid_offsets = nullptr;  // [S+1] cluster offsets
-  const int32_t* cand_idx = nullptr;          // [N, m] local cluster ids, -1 = padding
-  const float* cand_dist = nullptr;           // [N, m] squared distances, ascending per row
+  int32_t* cand_idx = nullptr;                // [N, m] local cluster ids, -1 = padding
+  float* cand_dist = nullptr;                 // [N, m] squared distances of those clusters
+                                              //     (both rewritten in place when a point's
+                                              //     list is refreshed)
+  const float* price0 = nullptr;              // [K] prices the lists were ranked by: each row
+                                              //     is ascending in cand_dist + price0
   const int64_t* capacity = nullptr;          // [K] max points per cluster
   const float* x = nullptr;                   // [N, d] float32 (exact fallback distances)
   const float* centroids = nullptr;           // [K, d] float32
@@ -27,9 +32,11 @@ struct BalancedAssignArgs {
   float* heap_bid = nullptr;   // [H] held bids, a min-heap per bounded cluster
   int32_t* heap_pt = nullptr;  // [H] the point (local index) holding each bid
   int64_t* count = nullptr;    // [K] points held per cluster
-  float* price = nullptr;      // [K] in: reserve prices (0 = cold start); out: final prices
+  float* price = nullptr;      // [K] in: a copy of price0 (reserve prices); out: final prices
+  uint8_t* dropped = nullptr;  // [K] 1 = reserve dropped to 0 in a clean-up round
   int32_t* stack = nullptr;    // [N] unassigned points of each segment
-  uint8_t* exact = nullptr;    // [N] 1 = point bids with exact distances to all its clusters
+  uint8_t* exact = nullptr;    // [N] out: 1 = the point's list was refreshed (statistics)
+  float* bound = nullptr;      // [N] cost floor of every cluster outside the point's list
   int64_t* labels = nullptr;   // [N] out: global cluster index (segment offset added)
 };
 

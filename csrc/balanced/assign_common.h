@@ -4,23 +4,29 @@
 //
 // Algorithm (per segment, n points, K clusters with capacities): Bertsekas' auction for the
 // transportation problem ("similar objects"), on each point's m candidate clusters.
-//   * A bounded cluster (0 < cap < n) keeps a min-heap of the bids it holds; once full its
-//     price is its lowest held bid, before that its reserve price. Unbounded clusters
-//     (cap >= n) always cost their reserve (0 after the first phase they end non-full).
+//   * Prices start at price0 (0, a sampled estimate, or the previous Lloyd iteration's) and
+//     only rise: a bounded cluster (0 < cap < n) keeps a min-heap of the bids it holds and,
+//     once full, costs its lowest held bid; before that it costs its reserve price.
 //   * An unassigned point bids for its best candidate k1 (cost d + price), raising the
 //     price by (second best - best) + eps; a full cluster evicts its lowest bidder.
-//   * Epsilon scaling: eps = scale/8, /64, /512 (scale = mean nearest-candidate distance);
-//     each phase restarts the assignment with the previous phase's prices as reserves.
-//     The final phase is eps-optimal on the candidate graph: cost <= optimum + n*eps, i.e.
-//     within 0.2% (n*eps = sum of nearest distances / 512 <= optimum / 512).
-//   * Candidates are the m nearest clusters. When K > m, every other cluster costs at least
-//     the m-th candidate distance (prices >= 0), which serves as the "outside" option in the
-//     bid; a point whose best priced candidate is worse than that bound switches for good to
-//     "exact" bidding: distances to all K clusters of its segment, computed on the fly
-//     (K*d flops per bid, only for such points, so memory stays O(N*m)).
-// Termination: prices only rise and each bid raises one by >= max(eps, one ulp); a bid budget
-// is a belt-and-braces guard (points left when it runs out are placed on their exactly
-// nearest cluster with room, which always exists as sum cap >= n).
+//   * Epsilon scaling: eps from scale/8 (warm: price0 from a previous solve) or the
+//     candidate distance spread / 4 (cold: price0 zero or a sampled estimate)
+//     down by 8x per phase to scale/512 (scale = mean nearest-candidate distance); each
+//     phase restarts the assignment with the previous phase's prices as reserves.
+//     The final phase is eps-optimal: cost <= optimum + n*eps (about 0.2%).
+//   * Candidates are the m clusters with the smallest d + price0. Prices never fall (until
+//     the clean-up rounds below), so every other cluster costs at least the m-th candidate's
+//     d + price0 (bound[i]), the outside option in each bid. When a point's best candidate
+//     costs more than bound[i], its list is refreshed in place: exact distances to all K
+//     clusters of its segment (K*d flops, only for such points: memory stays O(N*m)), the m
+//     smallest d + current price kept, and bound[i] raised to the new m-th value.
+//   * A cluster left with room must cost 0: clean-up rounds drop such reserves to 0, mark
+//     the cluster, let every point also consider marked clusters (exact distances), and redo
+//     the final phase (at most 8 rounds). With sum(cap) == n (balanced k-means) every
+//     cluster is full and no round runs.
+// Termination: prices only rise within a phase and each bid raises one by >= max(eps, one
+// ulp); a bid budget is a belt-and-braces guard (points left when it runs out are placed on
+// their exactly nearest cluster with room, which exists as sum(cap) >= n).
 #pragma once
 
 #include <math.h>
@@ -110,51 +116,49 @@ RESID_HD inline float current_price(const BalancedAssignArgs& a, int64_t kg) {
   return a.price[kg];
 }
 
-// Best and second-best priced candidate of point row (global row index). Returns k1 (local)
-// or -1 when no candidate has capacity; *last receives the largest candidate distance.
+// Offer cluster c (local) at cost w to the running best two.
+RESID_HD inline void offer(float w, int32_t c, int32_t* k1, float* b1, float* b2) {
+  if (*k1 < 0 || before(w, c, *b1, *k1)) {
+    *b2 = *b1;
+    *b1 = w;
+    *k1 = c;
+  } else if (w < *b2) {
+    *b2 = w;
+  }
+}
+
+// Best and second-best priced option of point row (global row index). Returns k1 (local)
+// or -1 when no option has capacity; *last receives the outside-option bound.
 RESID_HD inline int32_t best_two(const BalancedAssignArgs& a, const Segment& sg, int64_t row,
-                                 float* w1, float* w2, float* last) {
+                                 bool any_dropped, float base, float* w1, float* w2,
+                                 float* last) {
   const int32_t* ci = a.cand_idx + row * a.m;
   const float* cd = a.cand_dist + row * a.m;
+  const float* xr = a.x + row * a.d;
   int32_t k1 = -1;
-  float b1 = kInf, b2 = kInf, lst = 0.f;
-  if (a.exact[row]) {
-    const float* xr = a.x + row * a.d;
-    for (int64_t c = 0; c < sg.K; ++c) {
-      const int64_t kg = sg.k0 + c;
-      if (a.capacity[kg] == 0) continue;
-      const float w = fadd(row_sq_dist(xr, a.centroids + kg * a.d, a.d), current_price(a, kg));
-      if (k1 < 0 || before(w, c, b1, k1)) {
-        b2 = b1;
-        b1 = w;
-        k1 = static_cast<int32_t>(c);
-      } else if (w < b2) {
-        b2 = w;
-      }
-    }
-    *w1 = b1;
-    *w2 = b2;
-    *last = kInf;
-    return k1;
-  }
+  float b1 = kInf, b2 = kInf;
   for (int64_t j = 0; j < a.m; ++j) {
     const int32_t c = ci[j];
     if (c < 0) break;
-    lst = cd[j];
     const int64_t kg = sg.k0 + c;
     if (a.capacity[kg] == 0) continue;
-    const float w = fadd(cd[j], current_price(a, kg));
-    if (k1 < 0 || before(w, c, b1, k1)) {
-      b2 = b1;
-      b1 = w;
-      k1 = c;
-    } else if (w < b2) {
-      b2 = w;
+    offer(fadd(cd[j], current_price(a, kg)), c, &k1, &b1, &b2);
+  }
+  if (any_dropped) {
+    // Dropped clusters may now cost less than `last`: consider them exactly.
+    for (int64_t c = 0; c < sg.K; ++c) {
+      const int64_t kg = sg.k0 + c;
+      if (!a.dropped[kg] || a.capacity[kg] == 0) continue;
+      bool listed = false;
+      for (int64_t j = 0; j < a.m && ci[j] >= 0; ++j) listed = listed || (ci[j] == c);
+      if (listed) continue;
+      const float w = fadd(row_sq_dist(xr, a.centroids + kg * a.d, a.d), current_price(a, kg));
+      offer(w, static_cast<int32_t>(c), &k1, &b1, &b2);
     }
   }
   *w1 = b1;
   *w2 = b2;
-  *last = lst;
+  *last = a.bound[row] - base;
   return k1;
 }
 
@@ -186,9 +190,36 @@ RESID_HD inline int32_t place(const BalancedAssignArgs& a, const Segment& sg, in
   return evicted;
 }
 
+// Refresh point row's list: the min(m, K) clusters of smallest d + current price, ascending
+// (ties: lower index), exact distances; bound[row] becomes the largest kept d + price.
+RESID_HD inline void refresh_list(const BalancedAssignArgs& a, const Segment& sg, int64_t row,
+                                  float base) {
+  int32_t* ci = a.cand_idx + row * a.m;
+  float* cw = a.cand_dist + row * a.m;  // holds d + price while selecting
+  const float* xr = a.x + row * a.d;
+  const int64_t mk = sg.K < a.m ? sg.K : a.m;
+  int64_t cnt = 0;
+  for (int64_t c = 0; c < sg.K; ++c) {
+    const int64_t kg = sg.k0 + c;
+    const float w = fadd(row_sq_dist(xr, a.centroids + kg * a.d, a.d), current_price(a, kg));
+    if (cnt == mk && !before(w, c, cw[mk - 1], ci[mk - 1])) continue;
+    int64_t pos = cnt < mk ? cnt++ : mk - 1;
+    while (pos > 0 && before(w, c, cw[pos - 1], ci[pos - 1])) {
+      cw[pos] = cw[pos - 1];
+      ci[pos] = ci[pos - 1];
+      --pos;
+    }
+    cw[pos] = w;
+    ci[pos] = static_cast<int32_t>(c);
+  }
+  a.bound[row] = fadd(cw[mk - 1], base);
+  for (int64_t j = 0; j < mk; ++j) cw[j] = row_sq_dist(xr, a.centroids + (sg.k0 + ci[j]) * a.d, a.d);
+  a.exact[row] = 1;
+}
+
 // One auction phase at the given eps, from scratch, with a.price as reserve prices.
 RESID_HD inline void auction_phase(const BalancedAssignArgs& a, const Segment& sg, float eps,
-                                   float scale, bool complete) {
+                                   float scale, bool complete, bool any_dropped, float base) {
   for (int64_t k = 0; k < sg.K; ++k) a.count[sg.k0 + k] = 0;
   int32_t* stack = a.stack + sg.n0;
   int64_t top = 0;
@@ -205,12 +236,12 @@ RESID_HD inline void auction_phase(const BalancedAssignArgs& a, const Segment& s
       continue;
     }
     float w1, w2, last;
-    const int32_t k1 = best_two(a, sg, sg.n0 + i, &w1, &w2, &last);
-    if (!complete && !a.exact[sg.n0 + i]) {
-      // Every cluster outside the candidate list costs at least `last`: when that may be
-      // better, bid again (now and from here on) over all clusters with exact distances.
+    const int32_t k1 = best_two(a, sg, sg.n0 + i, any_dropped, base, &w1, &w2, &last);
+    if (!complete) {
+      // Every cluster outside the list costs at least `last`: when that may be better,
+      // refresh the list against the current prices and bid again.
       if (k1 < 0 || w1 > last) {
-        a.exact[sg.n0 + i] = 1;
+        refresh_list(a, sg, sg.n0 + i, base);
         stack[top++] = i;
         continue;
       }
@@ -232,13 +263,24 @@ RESID_HD inline void auction_phase(const BalancedAssignArgs& a, const Segment& s
   }
 }
 
-// Prices after a phase: a full bounded cluster keeps its lowest bid as the next reserve; any
-// other cluster drops to 0 (a cluster with room must cost 0 for optimality).
+// Prices after a phase: a full bounded cluster's lowest held bid (>= its reserve) becomes
+// its next reserve; any other cluster keeps its reserve, so prices never fall below price0.
 RESID_HD inline void settle_prices(const BalancedAssignArgs& a, const Segment& sg) {
   for (int64_t k = 0; k < sg.K; ++k) {
     const int64_t kg = sg.k0 + k;
-    a.price[kg] = (is_bounded(a, kg) && is_full(a, kg)) ? a.heap_bid[a.heap_offsets[kg]] : 0.f;
+    if (is_bounded(a, kg) && is_full(a, kg)) a.price[kg] = a.heap_bid[a.heap_offsets[kg]];
   }
+}
+
+// Subtract the smallest reserve from every reserve. A uniform shift changes no choice, but
+// left alone prices drift up across phases and Lloyd iterations, and every point's bound
+// (kept in un-shifted units: effective bound = bound - base) would go stale.
+RESID_HD inline void normalise_prices(const BalancedAssignArgs& a, const Segment& sg, float* base) {
+  float lo = kInf;
+  for (int64_t k = 0; k < sg.K; ++k) lo = a.price[sg.k0 + k] < lo ? a.price[sg.k0 + k] : lo;
+  if (!(lo > 0.f) || lo >= kInf) return;
+  for (int64_t k = 0; k < sg.K; ++k) a.price[sg.k0 + k] -= lo;
+  *base = fadd(*base, lo);
 }
 
 // Fallback (bid budget exhausted; not expected in practice): such points go, in index
@@ -273,18 +315,64 @@ RESID_HD inline void resolve_segment(const BalancedAssignArgs& a, int64_t s) {
   sg.K = a.centroid_offsets[s + 1] - sg.k0;
   if (sg.n == 0) return;
   const bool complete = sg.K <= a.m;
-  for (int64_t i = 0; i < sg.n; ++i) a.exact[sg.n0 + i] = 0;
+  for (int64_t i = 0; i < sg.n; ++i) {
+    const int64_t row = sg.n0 + i;
+    a.exact[row] = 0;
+    float b = 0.f;  // lists are ascending in d + price0: the last valid entry is the largest
+    for (int64_t j = 0; j < a.m && a.cand_idx[row * a.m + j] >= 0; ++j)
+      b = fadd(a.cand_dist[row * a.m + j], a.price0[sg.k0 + a.cand_idx[row * a.m + j]]);
+    a.bound[row] = b;
+  }
+  for (int64_t k = 0; k < sg.K; ++k) a.dropped[sg.k0 + k] = 0;
   // Scale of the costs: mean nearest-candidate distance (sequential sum, same on both twins).
-  float scale = 0.f;
-  for (int64_t i = 0; i < sg.n; ++i) scale = fadd(scale, a.cand_dist[(sg.n0 + i) * a.m]);
+  // and of the price range a cold start must cover: mean spread of the candidate distances.
+  float scale = 0.f, spread = 0.f;
+  for (int64_t i = 0; i < sg.n; ++i) {
+    const int64_t row = sg.n0 + i;
+    float nearest = a.cand_dist[row * a.m], farthest = nearest;
+    for (int64_t j = 1; j < a.m && a.cand_idx[row * a.m + j] >= 0; ++j) {
+      const float v = a.cand_dist[row * a.m + j];
+      if (v < nearest) nearest = v;
+      if (v > farthest) farthest = v;
+    }
+    scale = fadd(scale, nearest);
+    spread = fadd(spread, farthest - nearest);
+  }
   scale = scale / static_cast<float>(sg.n);
+  spread = spread / static_cast<float>(sg.n);
   if (!(scale > 1e-30f)) scale = 1e-30f;  // all points on their centroids: any eps works
   const float eps_final = scale / 512.f;
-  bool first = true;
-  for (float eps = scale / 8.f; eps >= eps_final * 0.5f; eps = eps / 8.f) {
-    if (!first) settle_prices(a, sg);
-    first = false;
-    auction_phase(a, sg, eps, scale, complete);
+  // Cold start (price0 = 0 or a sampled estimate): begin with eps near the price range, or
+  // the auction fights long "price wars" of eps-sized steps; warm starts only refine.
+  float eps = scale / 8.f;
+  if (!a.warm && spread / 4.f > eps) eps = spread / 4.f;
+  float base = 0.f;
+  for (bool last_phase = false; !last_phase; eps = eps / 8.f) {
+    if (eps <= eps_final * 4.f) {  // the final phase runs at exactly eps_final
+      eps = eps_final;
+      last_phase = true;
+    }
+    auction_phase(a, sg, eps, scale, complete, false, base);
+    settle_prices(a, sg);
+    normalise_prices(a, sg, &base);
+  }
+  // Clean-up rounds (see the header). Usually one or two; capped at 8 (the labels are valid
+  // either way, only the cost bound weakens).
+  bool any_dropped = false;
+  for (int64_t round = 0; round < 8; ++round) {
+    bool dropped = false;
+    for (int64_t k = 0; k < sg.K; ++k) {
+      const int64_t kg = sg.k0 + k;
+      if (a.price[kg] > 0.f && !is_full(a, kg)) {
+        a.price[kg] = 0.f;
+        a.dropped[kg] = 1;
+        dropped = true;
+      }
+    }
+    if (!dropped) break;
+    any_dropped = true;
+    auction_phase(a, sg, eps_final, scale, complete, any_dropped, base);
+    settle_prices(a, sg);
   }
   place_fallback(a, sg);
   settle_prices(a, sg);

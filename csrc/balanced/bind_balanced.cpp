@@ -16,21 +16,23 @@ T* ptr(std::uintptr_t p) {
   return reinterpret_cast<T*>(p);
 }
 
-resid::BalancedAssignArgs make_args(int64_t num_segments, int64_t d, int64_t m, std::uintptr_t offsets,
+resid::BalancedAssignArgs make_args(int64_t num_segments, int64_t d, int64_t m, int64_t warm, std::uintptr_t offsets,
                                     std::uintptr_t centroid_offsets, std::uintptr_t cand_idx,
-                                    std::uintptr_t cand_dist, std::uintptr_t capacity, std::uintptr_t x,
+                                    std::uintptr_t cand_dist, std::uintptr_t price0, std::uintptr_t capacity, std::uintptr_t x,
                                     std::uintptr_t centroids, std::uintptr_t heap_offsets,
                                     std::uintptr_t heap_bid, std::uintptr_t heap_pt, std::uintptr_t count,
-                                    std::uintptr_t price, std::uintptr_t stack, std::uintptr_t exact,
-                                    std::uintptr_t labels) {
+                                    std::uintptr_t price, std::uintptr_t dropped, std::uintptr_t stack, std::uintptr_t exact,
+                                    std::uintptr_t bound, std::uintptr_t labels) {
   resid::BalancedAssignArgs a;
   a.num_segments = num_segments;
   a.d = d;
   a.m = m;
+  a.warm = warm;
   a.offsets = ptr<const int64_t>(offsets);
   a.centroid_offsets = ptr<const int64_t>(centroid_offsets);
-  a.cand_idx = ptr<const int32_t>(cand_idx);
-  a.cand_dist = ptr<const float>(cand_dist);
+  a.cand_idx = ptr<int32_t>(cand_idx);
+  a.cand_dist = ptr<float>(cand_dist);
+  a.price0 = ptr<const float>(price0);
   a.capacity = ptr<const int64_t>(capacity);
   a.x = ptr<const float>(x);
   a.centroids = ptr<const float>(centroids);
@@ -39,15 +41,17 @@ resid::BalancedAssignArgs make_args(int64_t num_segments, int64_t d, int64_t m, 
   a.heap_pt = ptr<int32_t>(heap_pt);
   a.count = ptr<int64_t>(count);
   a.price = ptr<float>(price);
+  a.dropped = ptr<uint8_t>(dropped);
   a.stack = ptr<int32_t>(stack);
   a.exact = ptr<uint8_t>(exact);
+  a.bound = ptr<float>(bound);
   a.labels = ptr<int64_t>(labels);
   return a;
 }
 
 constexpr const char* kArgsDoc =
-    "(num_segments, d, m, offsets, centroid_offsets, cand_idx, cand_dist, capacity, x, centroids, "
-    "heap_offsets, heap_bid, heap_pt, count, price, stack, exact, labels) as data_ptr integers; "
+    "(num_segments, d, m, warm, offsets, centroid_offsets, cand_idx, cand_dist, price0, capacity, x, "
+    "centroids, heap_offsets, heap_bid, heap_pt, count, price, dropped, stack, exact, bound, labels) as data_ptr integers; "
     "see csrc/balanced/assign.h. Internal: call resid_ext.balanced_assign instead.";
 
 }  // namespace
@@ -55,11 +59,11 @@ constexpr const char* kArgsDoc =
 void bind_balanced(py::module_& m) {
   m.def(
       "balanced_assign_cpu",
-      [](int64_t S, int64_t d, int64_t mm, std::uintptr_t o, std::uintptr_t co, std::uintptr_t ci,
-         std::uintptr_t cd, std::uintptr_t cap, std::uintptr_t x, std::uintptr_t c, std::uintptr_t ho,
-         std::uintptr_t hb, std::uintptr_t hp, std::uintptr_t cnt, std::uintptr_t pr, std::uintptr_t st,
-         std::uintptr_t ex, std::uintptr_t lab) {
-        const auto a = make_args(S, d, mm, o, co, ci, cd, cap, x, c, ho, hb, hp, cnt, pr, st, ex, lab);
+      [](int64_t S, int64_t d, int64_t mm, int64_t warm, std::uintptr_t o, std::uintptr_t co, std::uintptr_t ci,
+         std::uintptr_t cd, std::uintptr_t p0, std::uintptr_t cap, std::uintptr_t x, std::uintptr_t c, std::uintptr_t ho,
+         std::uintptr_t hb, std::uintptr_t hp, std::uintptr_t cnt, std::uintptr_t pr, std::uintptr_t dr, std::uintptr_t st,
+         std::uintptr_t ex, std::uintptr_t bd, std::uintptr_t lab) {
+        const auto a = make_args(S, d, mm, warm, o, co, ci, cd, p0, cap, x, c, ho, hb, hp, cnt, pr, dr, st, ex, bd, lab);
         py::gil_scoped_release release;
         resid::balanced_assign_cpu(a);
       },
@@ -67,11 +71,11 @@ void bind_balanced(py::module_& m) {
 #ifdef RESID_WITH_CUDA
   m.def(
       "balanced_assign_cuda",
-      [](int64_t S, int64_t d, int64_t mm, std::uintptr_t o, std::uintptr_t co, std::uintptr_t ci,
-         std::uintptr_t cd, std::uintptr_t cap, std::uintptr_t x, std::uintptr_t c, std::uintptr_t ho,
-         std::uintptr_t hb, std::uintptr_t hp, std::uintptr_t cnt, std::uintptr_t pr, std::uintptr_t st,
-         std::uintptr_t ex, std::uintptr_t lab, std::uintptr_t stream) {
-        const auto a = make_args(S, d, mm, o, co, ci, cd, cap, x, c, ho, hb, hp, cnt, pr, st, ex, lab);
+      [](int64_t S, int64_t d, int64_t mm, int64_t warm, std::uintptr_t o, std::uintptr_t co, std::uintptr_t ci,
+         std::uintptr_t cd, std::uintptr_t p0, std::uintptr_t cap, std::uintptr_t x, std::uintptr_t c, std::uintptr_t ho,
+         std::uintptr_t hb, std::uintptr_t hp, std::uintptr_t cnt, std::uintptr_t pr, std::uintptr_t dr, std::uintptr_t st,
+         std::uintptr_t ex, std::uintptr_t bd, std::uintptr_t lab, std::uintptr_t stream) {
+        const auto a = make_args(S, d, mm, warm, o, co, ci, cd, p0, cap, x, c, ho, hb, hp, cnt, pr, dr, st, ex, bd, lab);
         py::gil_scoped_release release;
         resid::balanced_assign_cuda(a, reinterpret_cast<void*>(stream));
       },

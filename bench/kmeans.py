@@ -1,0 +1,110 @@
+"""Balanced k-means vs faiss-cpu Kmeans (unbalanced) and k-means-constrained (exact balance).
+
+Prints one JSON line per (config, tool) on stdout; progress on stderr. Data: a Gaussian
+mixture with Zipf(1.2) component weights (dense blobs hold most points), so unbalanced
+k-means gives very uneven clusters. Every line carries its correctness fields: the total
+squared distance (``cost``) and ``max_over_mean`` (largest cluster / N/K).
+
+    python bench/kmeans.py            # full grid (slow: run once)
+    python bench/kmeans.py --quick    # small smoke grid
+faiss is run with max_points_per_centroid = N so it trains on all N points, like resid.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from _jsonl import emit, progress  # noqa: E402
+
+from resid.kmeans import balanced_kmeans  # noqa: E402
+
+
+def skewed_mixture(n: int, d: int, components: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = 1.0 / torch.arange(1, components + 1, dtype=torch.float64) ** 1.2
+    comp = torch.multinomial(w / w.sum(), n, replacement=True, generator=g)
+    means = torch.randn(components, d, generator=g)
+    return (means[comp] + 0.3 * torch.randn(n, d, generator=g)).float()
+
+
+def stats(x: torch.Tensor, c: torch.Tensor, labels: torch.Tensor, k: int) -> dict:
+    sizes = torch.bincount(labels, minlength=k).double()
+    cost = float(((x.double() - c.double()[labels]) ** 2).sum())
+    return {"cost": cost, "max_over_mean": round(float(sizes.max() / sizes.mean()), 4)}
+
+
+def run_resid(x: torch.Tensor, k: int, iters: int) -> tuple[float, dict]:
+    t = time.perf_counter()
+    c, labels = balanced_kmeans(x, k, iters=iters, seed=0)
+    return time.perf_counter() - t, stats(x, c, labels, k)
+
+
+def run_faiss(x: torch.Tensor, k: int, iters: int) -> tuple[float, dict]:
+    import faiss
+
+    xn = x.numpy()
+    t = time.perf_counter()
+    km = faiss.Kmeans(xn.shape[1], k, niter=iters, seed=0, max_points_per_centroid=xn.shape[0], verbose=False)
+    km.train(xn)
+    _, lab = km.index.search(xn, 1)
+    sec = time.perf_counter() - t
+    return sec, stats(x, torch.from_numpy(km.centroids), torch.from_numpy(lab[:, 0].astype(np.int64)), k)
+
+
+def run_constrained(x: torch.Tensor, k: int, iters: int) -> tuple[float, dict]:
+    from k_means_constrained import KMeansConstrained
+
+    n = x.shape[0]
+    t = time.perf_counter()
+    km = KMeansConstrained(n_clusters=k, size_min=n // k, size_max=-(-n // k), max_iter=iters,
+                           n_init=1, random_state=0)
+    lab = km.fit_predict(x.numpy().astype(np.float64))
+    sec = time.perf_counter() - t
+    return sec, stats(x, torch.from_numpy(km.cluster_centers_).float(), torch.from_numpy(lab.astype(np.int64)), k)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small smoke grid")
+    ap.add_argument("--only", type=int, default=None, help="run only this index of the full grid")
+    args = ap.parse_args()
+    if args.quick:
+        grid = [(20000, 64, 64, 10, ("resid", "faiss")), (2000, 32, 16, 10, ("resid", "k-means-constrained"))]
+    else:
+        grid = [
+            (1_000_000, 128, 256, 20, ("resid", "faiss")),
+            (100_000, 640, 256, 20, ("resid", "faiss")),
+            (10_000, 128, 64, 20, ("resid", "k-means-constrained")),
+        ]
+    if args.only is not None:
+        grid = [grid[args.only]]
+    runners = {"resid": run_resid, "faiss": run_faiss, "k-means-constrained": run_constrained}
+    threads = torch.get_num_threads()
+    for n, d, k, iters, tools in grid:
+        x = skewed_mixture(n, d, 4 * k, seed=0)
+        base = None
+        for tool in tools:
+            progress(f"[bench kmeans] n={n} d={d} k={k} iters={iters} tool={tool}")
+            try:
+                sec, st = runners[tool](x, k, iters)
+            except Exception as e:  # a peer failing is recorded, not fatal
+                sec, st = float("nan"), {"cost": float("nan"), "max_over_mean": float("nan"), "error": repr(e)}
+            rec = {"bench": "kmeans", "tool": tool, "n": n, "d": d, "k": k, "iters": iters,
+                   "threads": threads, "seconds": round(sec, 3), **st}
+            if base is None:
+                base = rec
+            else:
+                rec["resid_time_ratio"] = round(base["seconds"] / sec, 3) if sec == sec else None
+                rec["resid_cost_ratio"] = round(base["cost"] / st["cost"], 5) if st["cost"] == st["cost"] else None
+            emit(rec)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""balanced_assign / balanced_assign_segmented on CPU: invariants, optimality against the
+exact Hungarian reference (tests/reference.py), edge cases and every bad-input message."""
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import argmin_then_spill, assignment_cost, balanced_assign_exact
+
+import resid_ext
+from resid_ext import _device, balanced_assign, balanced_assign_segmented, default_capacity
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _check_invariants(labels: torch.Tensor, k: int, capacity: torch.Tensor, n: int) -> None:
+    assert labels.dtype == torch.int64 and labels.shape == (n,)
+    assert int(labels.min()) >= 0 and int(labels.max()) < k
+    assert bool((torch.bincount(labels, minlength=k) <= capacity).all())
+
+
+def _skewed(n: int, k_true: int, d: int, seed: int) -> torch.Tensor:
+    """Gaussian mixture with Zipf(1.2) weights: a few dense blobs hold most points."""
+    g = _gen(seed)
+    w = 1.0 / torch.arange(1, k_true + 1, dtype=torch.float64) ** 1.2
+    comp = torch.multinomial(w / w.sum(), n, replacement=True, generator=g)
+    means = torch.randn(k_true, d, generator=g) * 4
+    return (means[comp] + 0.5 * torch.randn(n, d, generator=g)).float()
+
+
+def test_default_capacity_sizes_differ_by_at_most_one():
+    cap = default_capacity(10, 4)
+    assert cap.tolist() == [3, 3, 2, 2]
+    assert default_capacity(8, 4).tolist() == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("n,k,d", [(100, 7, 3), (257, 16, 8), (300, 50, 4), (64, 64, 2)])
+def test_default_capacity_gives_exact_balance(n, k, d):
+    g = _gen(n + k)
+    x, c = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+    labels = balanced_assign(x, c)
+    cap = default_capacity(n, k)
+    _check_invariants(labels, k, cap, n)
+    sizes = torch.bincount(labels, minlength=k)
+    assert int(sizes.max() - sizes.min()) <= 1
+    assert torch.equal(sizes, cap)  # sum(cap) == N: every cluster exactly full
+
+
+# (n, k, d): K <= 32 uses complete candidate lists; K > 32 exercises the outside option and
+# the exact-bidding path. eps = 1%: the auction is within n*eps_final = sum(d_nearest)/512
+# (0.2%) of the optimum of the candidate graph, the rest is margin.
+QUALITY_CASES = [(512, 8, 16), (512, 64, 8), (300, 7, 2), (400, 40, 32), (200, 50, 2), (512, 128, 4)]
+
+
+@pytest.mark.parametrize("n,k,d", QUALITY_CASES)
+def test_cost_within_one_percent_of_exact_optimum(n, k, d):
+    for trial in range(2):
+        g = _gen(1000 * trial + n + k + d)
+        x, c = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+        cap = default_capacity(n, k)
+        labels = balanced_assign(x, c)
+        _check_invariants(labels, k, cap, n)
+        exact = assignment_cost(x, c, balanced_assign_exact(x, c, cap))
+        got = assignment_cost(x, c, labels)
+        assert got >= exact * (1 - 1e-6)  # sanity of the reference
+        assert got <= exact * 1.01, (got, exact)
+
+
+def test_custom_capacity_with_slack_and_zero_clusters_is_near_optimal():
+    g = _gen(7)
+    n, k, d = 240, 12, 4
+    x, c = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+    cap = torch.randint(0, 50, (k,), generator=g)
+    cap[3] = 0
+    cap[5] = 0
+    cap[0] += max(0, n - int(cap.sum()))
+    labels = balanced_assign(x, c, cap)
+    _check_invariants(labels, k, cap, n)
+    assert not bool(((labels == 3) | (labels == 5)).any())
+    exact = assignment_cost(x, c, balanced_assign_exact(x, c, cap))
+    assert assignment_cost(x, c, labels) <= exact * 1.01
+
+
+def test_loose_capacity_is_plain_nearest_centroid():
+    g = _gen(3)
+    x, c = torch.randn(200, 5, generator=g), torch.randn(9, 5, generator=g)
+    cap = torch.full((9,), 200, dtype=torch.int64)
+    labels = balanced_assign(x, c, cap)
+    nearest = torch.cdist(x.double(), c.double()).argmin(1)
+    assert torch.equal(labels, nearest)
+
+
+def test_skewed_clustered_data_beats_argmin_then_spill():
+    x = _skewed(480, 6, 8, seed=11)
+    g = _gen(12)
+    c = x[torch.randperm(480, generator=g)[:24]].clone()
+    cap = default_capacity(480, 24)
+    labels = balanced_assign(x, c)
+    _check_invariants(labels, 24, cap, 480)
+    ours = assignment_cost(x, c, labels)
+    exact = assignment_cost(x, c, balanced_assign_exact(x, c, cap))
+    spill = assignment_cost(x, c, argmin_then_spill(x, c, cap))
+    assert ours <= exact * 1.01
+    assert ours <= 0.8 * spill, (ours, spill)
+
+
+def test_edge_cases_k1_n_equals_k_duplicates():
+    g = _gen(5)
+    x = torch.randn(37, 3, generator=g)
+    assert torch.equal(balanced_assign(x, x[:1].clone()), torch.zeros(37, dtype=torch.int64))
+    # N == K: a permutation, and with centroids = points the identity is optimal.
+    perm = torch.randperm(37, generator=g)
+    labels = balanced_assign(x, x[perm].clone())
+    assert torch.equal(perm[labels], torch.arange(37))
+    # All points identical: still exactly balanced.
+    same = torch.ones(20, 4)
+    lab = balanced_assign(same, torch.ones(5, 4))
+    assert torch.bincount(lab, minlength=5).tolist() == [4] * 5
+
+
+def test_non_contiguous_inputs_match_contiguous():
+    g = _gen(9)
+    xt = torch.randn(6, 150, generator=g)  # x = xt.T is a non-contiguous [150, 6] view
+    c = torch.randn(10, 12, generator=g)[:, ::2]  # strided [10, 6]
+    cap = torch.arange(20, 40, 2, dtype=torch.int64)  # [10], stride 1 but from a slice below
+    cap_nc = torch.stack([cap, cap], 1)[:, 0]
+    assert not xt.t().is_contiguous() and not c.is_contiguous() and not cap_nc.is_contiguous()
+    got = balanced_assign(xt.t(), c, cap_nc)
+    want = balanced_assign(xt.t().contiguous(), c.contiguous(), cap.contiguous())
+    assert torch.equal(got, want)
+
+
+def _segments(seed: int):
+    g = _gen(seed)
+    sizes_n = [50, 0, 7, 120, 33, 0]
+    sizes_k = [5, 3, 7, 40, 1, 0]  # segment 1: clusters but no rows; segment 4: K=1
+    x = torch.randn(sum(sizes_n), 4, generator=g)
+    c = torch.randn(sum(sizes_k), 4, generator=g)
+    cap = torch.cat([default_capacity(n, k) if n else torch.zeros(k, dtype=torch.int64)
+                     for n, k in zip(sizes_n, sizes_k)])
+    off = torch.tensor([0] + sizes_n).cumsum(0)
+    coff = torch.tensor([0] + sizes_k).cumsum(0)
+    return x, off, c, coff, cap
+
+
+def test_segmented_equals_per_segment_calls():
+    x, off, c, coff, cap = _segments(21)
+    labels = balanced_assign_segmented(x, off, c, coff, cap)
+    for s in range(len(off) - 1):
+        a, b, ka, kb = int(off[s]), int(off[s + 1]), int(coff[s]), int(coff[s + 1])
+        if a == b:
+            continue
+        seg = labels[a:b]
+        assert int(seg.min()) >= ka and int(seg.max()) < kb
+        want = balanced_assign(x[a:b], c[ka:kb], cap[ka:kb]) + ka
+        assert torch.equal(seg, want), s
+
+
+def test_segmented_more_clusters_than_rows_and_all_empty():
+    g = _gen(4)
+    x, c = torch.randn(3, 2, generator=g), torch.randn(8, 2, generator=g)
+    off, coff = torch.tensor([0, 3]), torch.tensor([0, 8])
+    labels = balanced_assign_segmented(x, off, c, coff, torch.ones(8, dtype=torch.int64))
+    assert len(set(labels.tolist())) == 3
+    exact = balanced_assign_exact(x, c, torch.ones(8, dtype=torch.int64))
+    assert assignment_cost(x, c, labels) <= assignment_cost(x, c, exact) * 1.01
+    empty = balanced_assign_segmented(torch.zeros(0, 2), torch.tensor([0, 0, 0]), c,
+                                      torch.tensor([0, 4, 8]), torch.ones(8, dtype=torch.int64))
+    assert empty.shape == (0,)
+
+
+def _bad_cases():
+    x, c = torch.randn(10, 3), torch.randn(4, 3)
+    nan = x.clone()
+    nan[2, 1] = float("nan")
+    inf = c.clone()
+    inf[0, 0] = float("inf")
+    ba = balanced_assign
+    return [
+        (lambda: ba(x.numpy(), c), TypeError, "x must be a torch.Tensor"),
+        (lambda: ba(nan, c), ValueError, r"x has 1 non-finite value.*index \[2, 1\]"),
+        (lambda: ba(x, inf), ValueError, "centroids has 1 non-finite"),
+        (lambda: ba(x.double(), c), ValueError, "x must have dtype float32, got float64"),
+        (lambda: ba(x, c.half()), ValueError, "centroids must have dtype float32"),
+        (lambda: ba(x[0], c), ValueError, r"x must be 2-D \[N, d\]"),
+        (lambda: ba(x, c[:, :2]), ValueError, "centroids must have d=3 columns"),
+        (lambda: ba(x, c[:0]), ValueError, r"K >= 1"),
+        (lambda: ba(x[:3], c), ValueError, "K=4 centroids exceed N=3"),
+        (lambda: ba(x, c, torch.tensor([2, 2, 2, 2])), ValueError, "capacity must sum to at least N=10, got 8"),
+        (lambda: ba(x, c, torch.tensor([12, -1, 0, 0])), ValueError, "capacity must be >= 0, got -1 at index 1"),
+        (lambda: ba(x, c, torch.tensor([3, 3, 4])), ValueError, r"capacity must have shape \[4\], got \[3\]"),
+        (lambda: ba(x, c, torch.tensor([3.0, 3, 3, 3])), ValueError, "capacity must have dtype int64"),
+        (lambda: ba(x, c.to("meta")), ValueError, "all tensors must be on one device"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(14))
+def test_bad_input_messages(case):
+    fn, exc, match = _bad_cases()[case]
+    with pytest.raises(exc, match=match):
+        fn()
+
+
+def test_bad_segmented_inputs():
+    x, off, c, coff, cap = _segments(1)
+    bs = balanced_assign_segmented
+    with pytest.raises(ValueError, match="offsets must start at 0"):
+        bs(x, off + 1, c, coff, cap)
+    longer = off.clone()
+    longer[-1] += 1
+    with pytest.raises(ValueError, match=f"offsets must end at N={x.shape[0]}, got {x.shape[0] + 1}"):
+        bs(x, longer, c, coff, cap)
+    bad = off.clone()
+    bad[2] = 60
+    with pytest.raises(ValueError, match="offsets must be non-decreasing"):
+        bs(x, bad, c, coff, cap)
+    with pytest.raises(ValueError, match=f"centroid_offsets must end at K={c.shape[0] - 1}, got {c.shape[0]}"):
+        bs(x, off, c[:-1], coff, cap[:-1])
+    with pytest.raises(ValueError, match="centroid_offsets must have shape"):
+        bs(x, off, c, torch.tensor([0, c.shape[0]]), cap)
+    with pytest.raises(ValueError, match="offsets must have dtype int64"):
+        bs(x, off.int(), c, coff, cap)
+    short = cap.clone()
+    short[15:55] = 0  # segment 3 loses its clusters' capacity
+    with pytest.raises(ValueError, match="capacity of segment 3 .* fewer than its 120 rows"):
+        bs(x, off, c, coff, short)
+
+
+def test_cuda_tensor_without_usable_gpu_is_a_clear_runtime_error():
+    if torch.cuda.is_available() and resid_ext.has_cuda():
+        pytest.skip("a usable GPU is present")
+    with pytest.raises(RuntimeError, match="balanced_assign: got tensors on cuda"):
+        _device.require_cuda_kernels("balanced_assign", torch.device("cuda"))

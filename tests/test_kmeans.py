@@ -1,0 +1,108 @@
+"""resid.kmeans: balance, determinism, quality and edge cases of balanced (segmented) k-means."""
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import assignment_cost
+
+from resid.kmeans import balanced_kmeans, balanced_kmeans_segmented
+from resid_ext import default_capacity
+
+
+def _blobs(sizes: list[int], d: int, seed: int, spread: float = 10.0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(len(sizes), d, generator=g) * spread
+    truth = torch.cat([torch.full((s,), i) for i, s in enumerate(sizes)])
+    x = means[truth] + torch.randn(len(truth), d, generator=g)
+    return x.float(), truth
+
+
+def test_sizes_are_exactly_balanced_and_labels_in_range():
+    x, _ = _blobs([300, 60, 20, 20], 8, seed=1)  # skewed: plain k-means would not balance
+    cent, labels = balanced_kmeans(x, 10, iters=5, seed=0)
+    assert cent.shape == (10, 8) and labels.shape == (400,) and labels.dtype == torch.int64
+    assert torch.equal(torch.bincount(labels, minlength=10), default_capacity(400, 10))
+
+
+def test_recovers_equal_sized_well_separated_blobs():
+    x, truth = _blobs([50, 50, 50, 50], 6, seed=2)
+    _, labels = balanced_kmeans(x, 4, iters=10, seed=3)
+    # Same partition up to renaming: each true blob maps to exactly one cluster.
+    pairs = set(zip(truth.tolist(), labels.tolist()))
+    assert len(pairs) == 4
+
+
+def test_lloyd_iterations_lower_the_cost():
+    x, _ = _blobs([200, 80, 40], 5, seed=4, spread=3.0)
+    c0, l0 = balanced_kmeans(x, 12, iters=0, seed=5)
+    c1, l1 = balanced_kmeans(x, 12, iters=8, seed=5)
+    assert assignment_cost(x, c1, l1) < assignment_cost(x, c0, l0)
+
+
+def test_deterministic_per_seed():
+    x, _ = _blobs([100, 40], 4, seed=6)
+    a = balanced_kmeans(x, 7, iters=4, seed=11)
+    b = balanced_kmeans(x, 7, iters=4, seed=11)
+    c = balanced_kmeans(x, 7, iters=4, seed=12)
+    assert torch.equal(a.centroids, b.centroids) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.centroids, c.centroids)
+
+
+def test_edge_cases_k1_k_equals_n_and_duplicates():
+    x, _ = _blobs([10, 5], 3, seed=7)
+    cent, labels = balanced_kmeans(x, 1, iters=2)
+    assert torch.equal(labels, torch.zeros(15, dtype=torch.int64))
+    torch.testing.assert_close(cent[0], x.mean(0))
+    cent, labels = balanced_kmeans(x, 15, iters=2)
+    assert sorted(labels.tolist()) == list(range(15))
+    torch.testing.assert_close(cent[labels], x)  # each point is its own centroid
+    same = torch.ones(12, 2)
+    cent, labels = balanced_kmeans(same, 4, iters=3)
+    assert torch.bincount(labels, minlength=4).tolist() == [3, 3, 3, 3]
+    assert torch.equal(cent, torch.ones(4, 2))
+
+
+def test_segmented_single_segment_equals_balanced_kmeans():
+    x, _ = _blobs([70, 30], 4, seed=8)
+    one = balanced_kmeans(x, 6, iters=3, seed=9)
+    seg = balanced_kmeans_segmented(x, torch.tensor([0, 100]), 6, iters=3, seed=9)
+    assert torch.equal(seg.centroid_offsets, torch.tensor([0, 6]))
+    assert torch.equal(seg.centroids, one.centroids) and torch.equal(seg.labels, one.labels)
+
+
+def test_segmented_balances_every_segment_and_clamps_k():
+    x, _ = _blobs([90, 40, 30], 5, seed=10)
+    offsets = torch.tensor([0, 0, 100, 103, 160])  # an empty segment and a 3-row one
+    res = balanced_kmeans_segmented(x, offsets, torch.tensor([4, 8, 5, 6]), iters=3, seed=1)
+    assert res.centroid_offsets.tolist() == [0, 0, 8, 11, 17]  # k_s = min(k, n_s)
+    assert res.centroids.shape == (17, 5)
+    for s in range(4):
+        a, b = int(offsets[s]), int(offsets[s + 1])
+        ka, kb = int(res.centroid_offsets[s]), int(res.centroid_offsets[s + 1])
+        if a == b:
+            continue
+        lab = res.labels[a:b]
+        assert int(lab.min()) >= ka and int(lab.max()) < kb
+        assert torch.equal(torch.bincount(lab - ka, minlength=kb - ka), default_capacity(b - a, kb - ka))
+
+
+def test_bad_inputs():
+    x = torch.randn(10, 3)
+    with pytest.raises(ValueError, match="balanced_kmeans: k=11 exceeds the N=10 rows"):
+        balanced_kmeans(x, 11)
+    with pytest.raises(ValueError, match="k must be an int >= 1, got 0"):
+        balanced_kmeans(x, 0)
+    with pytest.raises(ValueError, match="iters must be an int >= 0"):
+        balanced_kmeans(x, 2, iters=-1)
+    with pytest.raises(ValueError, match="x must have dtype float32"):
+        balanced_kmeans(x.double(), 2)
+    bad = x.clone()
+    bad[1, 1] = float("inf")
+    with pytest.raises(ValueError, match="x has 1 non-finite"):
+        balanced_kmeans(bad, 2)
+    with pytest.raises(ValueError, match="offsets must be non-decreasing from 0 to N=10"):
+        balanced_kmeans_segmented(x, torch.tensor([0, 4]), 2)
+    with pytest.raises(ValueError, match=r"k must have shape \[2\]"):
+        balanced_kmeans_segmented(x, torch.tensor([0, 4, 10]), torch.tensor([2]))
+    with pytest.raises(ValueError, match="k must be >= 1 for every segment, got 0 for segment 1"):
+        balanced_kmeans_segmented(x, torch.tensor([0, 4, 10]), torch.tensor([2, 0]))
