@@ -4,6 +4,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Inputs here are tiny: torch's thread pool only adds overhead (and stalls on a busy machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 from resid.anchors import make_anchors, max_coherence, welch_bound
 from resid.gaoq import GAOQ, auto_branching, fingerprint
 
@@ -212,3 +223,46 @@ def test_crowded_prefix_is_refused(monkeypatch):
     monkeypatch.setattr(gaoq_mod, "MAX_LAST_SIZE", 10)
     with pytest.raises(ValueError, match="largest prefix holds 25 items"):
         GAOQ(branching=(2,), progress=False).fit(_random(n=50, d=8))
+
+
+def test_parent_smaller_than_branching_gets_one_child_per_item():
+    z = _random(n=10, d=16, seed=11)
+    q = GAOQ(branching=(2, 8), seed=0, progress=False)
+    codes = q.fit(z)  # each parent holds 5 < 8 items
+    assert _unique_rows(codes) == 10
+    kids = q.tree.sizes[1].reshape(2, 8)
+    assert (np.sort(kids, axis=1)[:, ::-1][:, :5] == 1).all() and kids.sum() == 10
+    assert np.isfinite(q.tree.centroids[1]).all()
+    assert q.code_sizes()[-1] == 1
+    # New points never descend into an empty child: their prefix is a fitted one.
+    got = q.assign(_random(n=20, d=16, seed=12))
+    fitted = {tuple(r) for r in codes[:, :2].tolist()}
+    assert all(tuple(r) in fitted for r in got[:, :2].tolist())
+
+
+def test_pca_anchors_are_the_principal_directions():
+    from resid.anchors import pca_anchors
+
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(12, 3)))[0].T  # 3 orthonormal directions in 12-D
+    v = (rng.normal(size=(200, 3)) * [5.0, 2.0, 0.5]) @ basis
+    a = pca_anchors(v, 3)
+    np.testing.assert_allclose(a @ a.T, np.eye(3), atol=1e-5)
+    np.testing.assert_allclose(np.abs(a @ basis.T), np.eye(3), atol=0.05)  # same axes, in variance order
+    with pytest.raises(ValueError, match="g <= min"):
+        pca_anchors(v, 13)
+
+
+def test_pca_anchor_basis_aligns_and_falls_back_where_rank_is_short():
+    z, _, direction = _shifted_directions()
+    q = GAOQ(branching=(4, 5), seed=3, progress=False, anchor_basis="pca")
+    codes = q.fit(z)
+    code_of_dir = [np.unique(codes[direction == j, 1]) for j in range(5)]
+    assert all(len(c) == 1 for c in code_of_dir) and len({int(c[0]) for c in code_of_dir}) == 5
+    assert q.fit_info["anchor_basis"] == ["pca", "pca"]
+    assert _unique_rows(codes) == len(z)
+    wide = GAOQ(branching=(3, 2), seed=0, progress=False, anchor_basis="pca")
+    wide.fit(_random(n=60, d=4))  # last level: 10 anchors > d = 4 -> random (optimised) set
+    assert wide.fit_info["anchor_basis"] == ["pca", "random"]
+    with pytest.raises(ValueError, match="anchor_basis must be"):
+        GAOQ(branching=(3,), anchor_basis="svd")

@@ -45,6 +45,19 @@ def make_anchors(g: int, d: int, seed: int, steps: int = 300) -> np.ndarray:
     return _low_coherence(g, d, gen, steps)
 
 
+def pca_anchors(vectors: np.ndarray, g: int) -> np.ndarray:
+    """The top-``g`` principal directions of ``vectors`` [M, d] (uncentred: directions away
+    from the origin, i.e. from the parent), as orthonormal rows [g, d] float32; each row's sign
+    is fixed so its largest-magnitude entry is positive. Needs g <= min(M, d)."""
+    v = np.asarray(vectors, dtype=np.float64)
+    if not 1 <= g <= min(v.shape):
+        raise ValueError(f"pca_anchors: need 1 <= g <= min(M, d) = {min(v.shape)}, got g={g}")
+    _, vecs = np.linalg.eigh(v.T @ v)  # ascending eigenvalues; [d, d] so O(M d^2) overall
+    top = vecs[:, ::-1][:, :g].T
+    sign = np.sign(top[np.arange(g), np.argmax(np.abs(top), axis=1)])
+    return (top * sign[:, None]).astype(np.float32)
+
+
 def _low_coherence(g: int, d: int, gen: Any, steps: int) -> np.ndarray:
     # Projected gradient descent on the sphere, in numpy (tiny matrices: torch's thread pool
     # only adds overhead here). Gradient of sum_{i!=j} |c_ij|^p w.r.t. u_i is p * sum_j

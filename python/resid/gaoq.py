@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from resid.anchors import make_anchors, max_coherence
+from resid.anchors import make_anchors, max_coherence, pca_anchors
 from resid.io import atomic_write
 
 
@@ -41,13 +41,17 @@ MAX_LAST_SIZE = 4096
 class GAOQConfig:
     """``branching``: b1..b_{L-1} (None = automatic, two levels with b1*b2 ~ N/15, Appendix G);
     the last, disambiguating level is always added. ``anchors``: g_l for levels 2..L-1
-    (None = g_l = b_l, the paper's default)."""
+    (None = g_l = b_l, the paper's default). ``anchor_basis``: "random" (the paper: seeded QR,
+    or an optimised low-coherence set when g > d) or "pca" (the top-g principal directions of
+    the level's centred child centroids / the last level's item offsets; falls back to
+    "random" where g exceeds their rank bound min(count, d))."""
 
     branching: tuple[int, ...] | None = None
     anchors: tuple[int, ...] | None = None
     iters: int = 20
     seed: int = 0
     anchor_steps: int = 300
+    anchor_basis: str = "random"
 
 
 def auto_branching(n: int, ratio: float = 15.0) -> tuple[int, int]:
@@ -179,11 +183,15 @@ class GAOQ:
     align = True
 
     def __init__(self, branching: tuple[int, ...] | None = None, anchors: tuple[int, ...] | None = None,
-                 seed: int = 0, iters: int = 20, config: GAOQConfig | None = None, progress: bool = True) -> None:
+                 seed: int = 0, iters: int = 20, config: GAOQConfig | None = None, progress: bool = True,
+                 anchor_basis: str = "random") -> None:
         self.config = config or GAOQConfig(branching=None if branching is None else tuple(branching),
-                                           anchors=None if anchors is None else tuple(anchors), iters=iters, seed=seed)
+                                           anchors=None if anchors is None else tuple(anchors), iters=iters, seed=seed,
+                                           anchor_basis=anchor_basis)
         if self.config.branching is not None:
             check_branching(self.config.branching, None, f"{type(self).__name__}")
+        if self.config.anchor_basis not in ("random", "pca"):
+            raise ValueError(f"{type(self).__name__}: anchor_basis must be 'random' or 'pca', got {self.config.anchor_basis!r}")
         self.progress = progress
         self.tree: _Tree | None = None
         self.fit_info: dict[str, Any] = {}
@@ -243,8 +251,8 @@ class GAOQ:
         cent = np.where((sizes > 0)[:, None], cent, np.repeat(parents, b, axis=0))
         t0 = time.perf_counter()
         if self.align:
-            anchors = make_anchors(g, z.shape[1], seed, self.config.anchor_steps)
             res = cent.reshape(p, b, -1) - parents[:, None, :]
+            anchors = self._make_anchors(g, res.reshape(p * b, -1)[sizes > 0], seed, info)
             codes = np.stack([_match(res[i], anchors) for i in tqdm(
                 range(p), desc=f"{self.method} level {len(tree.centroids) + 1} alignment", disable=not self.progress, leave=False)])
             tree.anchors.append(anchors)
@@ -272,11 +280,11 @@ class GAOQ:
         offsets = np.concatenate([[0], np.cumsum(counts)])
         last = np.empty(n, dtype=np.int64)
         if self.align:
-            anchors = make_anchors(m, d, seed, self.config.anchor_steps)
+            res = z[order] - tree.centroids[-1][leaf[order]]
+            anchors = self._make_anchors(m, res, seed, info)
             tree.anchors.append(anchors)
             info["anchors"].append(m)
             info["anchor_max_cos"].append(max_coherence(anchors))
-            res = z[order] - tree.centroids[-1][leaf[order]]
             for s in tqdm(range(len(counts)), desc=f"{self.method} last level", disable=not self.progress, leave=False):
                 lo, hi = offsets[s], offsets[s + 1]
                 if hi > lo:
@@ -289,6 +297,14 @@ class GAOQ:
         dup = len(tree.codes) - len(np.unique(tree.codes, axis=0))
         if dup:  # cannot happen: leaves have distinct prefixes and in-leaf indices are injective
             raise RuntimeError(f"{type(self).__name__}: internal error, {dup} duplicate SIDs")
+
+    def _make_anchors(self, g: int, vectors: np.ndarray, seed: int, info: dict[str, Any]) -> np.ndarray:
+        """g anchors for one level; ``vectors`` [M, d] are the offsets being matched (pca only)."""
+        basis = "pca" if self.config.anchor_basis == "pca" and g <= min(vectors.shape) else "random"
+        info.setdefault("anchor_basis", []).append(basis)
+        if basis == "pca":
+            return pca_anchors(vectors, g)
+        return make_anchors(g, vectors.shape[1], seed, self.config.anchor_steps)
 
     @staticmethod
     def _prefix_codes(tree: _Tree, leaf: np.ndarray) -> np.ndarray:

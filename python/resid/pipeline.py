@@ -92,6 +92,7 @@ class Pipeline:
     def quantize(self, name: str, emb_dir: Path, method: str, ds: Any) -> Path:
         from resid.cli.quantize import quantize
         from resid.data.dataset import PreparedDataset
+        from resid.diagnostics import plot_report
 
         sec = self.cfg["quantizer"]
         emb_fp = json.loads((emb_dir.parent / "stage.json").read_text())["fingerprint"] if (emb_dir.parent / "stage.json").exists() else str(emb_dir)
@@ -106,12 +107,7 @@ class Pipeline:
             save_sids(d / "sids.parquet", ids, codes)
             q.save(d / "quantizer.npz")
             write_json(d / "quantize_report.json", report)
-            try:
-                from resid.diagnostics import plot_report
-
-                plot_report(report, d / "quantize_report.png")
-            except ImportError:
-                pass
+            plot_report(codes, report, d / "quantize_report.png", title=f"{name}: {method}")
             return {"method": method, "branching": list(branching) if branching else "auto", "levels": int(codes.shape[1])}
 
         return self.run.stage(name, fp, work)
@@ -185,7 +181,11 @@ class Pipeline:
         opts = {k: v for k, v in self.cfg["text"].items() if k != "enabled"}
         fp = fingerprint("text", self.data_fp, opts)
         try:
-            return self.run.stage("text_embeddings", fp, lambda d: (embed_text(ds, d / "embeddings", progress=self.progress, **opts), None)[1])
+            def work(d: Path) -> dict[str, Any]:
+                res = embed_text(ds, d / "embeddings", progress=self.progress, **opts)
+                return {"encoder": res.encoder_name, "fallback_items": res.n_fallback}
+
+            return self.run.stage("text_embeddings", fp, work)
         except TextEncoderMissing as e:
             if enabled == "auto":
                 self.notes.append(f"tiger / resid-text rows: skipped, no sentence encoder installed ({e})")

@@ -165,10 +165,12 @@ QUANTIZERS: dict[str, type] = {"gaoq": GAOQ, "hkm": HKM, "rqkmeans": RQKMeans}
 
 
 def make_quantizer(method: str, branching: tuple[int, ...] | None = None, seed: int = 0, iters: int = 20,
-                   progress: bool = True) -> Any:
-    """``method``: gaoq | hkm | rqkmeans -> an unfitted quantizer."""
+                   progress: bool = True, anchor_basis: str = "random") -> Any:
+    """``method``: gaoq | hkm | rqkmeans -> an unfitted quantizer (``anchor_basis``: GAOQ only)."""
     if method not in QUANTIZERS:
         raise ValueError(f"method must be one of {sorted(QUANTIZERS)}, got {method!r}")
+    if method == "gaoq":
+        return GAOQ(branching=branching, seed=seed, iters=iters, progress=progress, anchor_basis=anchor_basis)
     return QUANTIZERS[method](branching=branching, seed=seed, iters=iters, progress=progress)
 
 

@@ -65,9 +65,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Sized for the bundled samples on a 2-core CPU in about 10 minutes, still meaningful:
     # fewer epochs and a smaller batch (more steps per epoch on a small dataset).
     "quick": {
-        "famae": {"batch_size": 512, "max_epochs": 30, "patience": 3},
-        "sasrec": {"batch_size": 512, "max_epochs": 30, "patience": 3},
-        "generator": {"batch_size": 256, "max_epochs": 12, "patience": 3, "eval_beam": 20, "eval_users": 1000},
+        "famae": {"batch_size": 512, "epochs": 30, "patience": 3},
+        "sasrec": {"batch_size": 512, "epochs": 30, "patience": 3},
+        "generator": {"batch_size": 256, "epochs": 12, "patience": 3, "eval_beam": 20, "eval_users": 1000},
     },
 }
 

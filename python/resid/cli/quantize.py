@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "auto-sized); 'auto' alone = b1*b2 ~ N/15 (paper App. G). Default: auto")
     p.add_argument("--iters", type=int, default=20, help="balanced k-means iterations per level (default 20)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--anchor-basis", choices=["random", "pca"], default="random",
+                   help="GAOQ anchors: seeded random orthonormal (the paper) or the principal directions of the "
+                        "centred child centroids (see docs/gaoq.md for when that helps)")
     p.add_argument("--dataset", default=None, help="prepared dataset folder: adds the history/target code overlap")
     p.add_argument("--compare", action="store_true", help="also fit the other two methods and print all side by side")
     p.add_argument("--distributed", action="store_true",
@@ -65,7 +68,8 @@ def _overlap_inputs(dataset: str, item_ids: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def quantize(z: np.ndarray, method: str, branching: tuple[int, ...] | None, iters: int, seed: int,
-             hist: np.ndarray | None, targets: np.ndarray | None, level1_sample: int | None = None) -> tuple[Any, np.ndarray, dict[str, Any]]:
+             hist: np.ndarray | None, targets: np.ndarray | None, level1_sample: int | None = None,
+             anchor_basis: str = "random") -> tuple[Any, np.ndarray, dict[str, Any]]:
     from resid import distributed as D
     from resid.diagnostics import quantizer_report
     from resid.quantizers import make_quantizer
@@ -77,7 +81,7 @@ def quantize(z: np.ndarray, method: str, branching: tuple[int, ...] | None, iter
         q = fit_sharded(z, branching, seed=seed, iters=iters, level1_sample=level1_sample)
         codes = q.codes
     else:
-        q = make_quantizer(method, branching, seed=seed, iters=iters)
+        q = make_quantizer(method, branching, seed=seed, iters=iters, anchor_basis=anchor_basis)
         codes = q.fit(z)
     seconds = time.perf_counter() - t0
     report = quantizer_report(codes, z, q.code_sizes(), hist, targets)
@@ -124,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     for m in methods:
         print(f"resid quantize: fitting {m} on {z.shape[0]} x {z.shape[1]}", file=sys.stderr)
         q, codes, rep = quantize(emb if D.is_distributed() else z, m, branching, args.iters, args.seed, hist, targets,
-                                 args.level1_sample if m == "gaoq" else None)
+                                 args.level1_sample if m == "gaoq" else None, args.anchor_basis)
         reports[m] = rep
         if m == args.method and D.is_main():  # rank 0 writes
             save_sids(out / "sids.parquet", item_ids, codes)
