@@ -257,7 +257,7 @@ def test_bad_inputs(tmp_path, trained):
     with pytest.raises(ValueError, match="is empty"):
         FAMAE(FAMAEConfig(**TINY)).fit(make_dataset(num_users=0), tmp_path / "b")
     with pytest.raises(ValueError, match="no training windows"):
-        FAMAE(FAMAEConfig(**TINY)).fit(make_dataset(num_users=5, seq_len=(3, 3)), tmp_path / "c")
+        FAMAE(FAMAEConfig(**TINY)).fit(make_dataset(num_users=5, seq_len=(1, 1)), tmp_path / "c")
     with pytest.raises(RuntimeError, match="no trained model"):
         FAMAE().item_embeddings()
     _, _, _, out = trained
