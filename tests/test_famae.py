@@ -156,15 +156,15 @@ def test_sampled_softmax_hand_computed_and_unbiased():
     only_item = torch.tensor([[True, False]] * 3)
     table = model.emb.tables[0].weight.detach()[1:-1].numpy().astype(np.float64)
     negs = torch.tensor([5, 9, 9, 33, 50, 1])  # value tokens; 5 is an accidental hit for row 0
-    got = float(model.field_loss(h, labels, only_item, negatives={0: negs}))
+    got = float(model.field_loss(h, labels, only_item, negatives={0: negs}).detach())
     ref = sum(ref_sampled(h[b].numpy().astype(np.float64), table, int(labels[b, 0]) - 1, (negs - 1).tolist(), log_q) for b in range(3)) / 3
     assert got == pytest.approx(ref, rel=1e-5)
     # With many negatives from Q, the log-Q corrected loss estimates the full-softmax loss.
     model.sampled = [False, False]
-    full = float(model.field_loss(h, labels, only_item))
+    full = float(model.field_loss(h, labels, only_item).detach())
     model.sampled = [True, False]
     torch.manual_seed(1)
-    est = np.mean([float(model.field_loss(h, labels, only_item)) for _ in range(5)])
+    est = np.mean([float(model.field_loss(h, labels, only_item).detach()) for _ in range(5)])
     assert est == pytest.approx(full, rel=0.02)
 
 
@@ -257,7 +257,7 @@ def test_bad_inputs(tmp_path, trained):
     with pytest.raises(ValueError, match="is empty"):
         FAMAE(FAMAEConfig(**TINY)).fit(make_dataset(num_users=0), tmp_path / "b")
     with pytest.raises(ValueError, match="no training windows"):
-        FAMAE(FAMAEConfig(**TINY)).fit(make_dataset(num_users=5, seq_len=(3, 3)), tmp_path / "c")
+        FAMAE(FAMAEConfig(**TINY)).fit(make_dataset(num_users=5, seq_len=(1, 1)), tmp_path / "c")
     with pytest.raises(RuntimeError, match="no trained model"):
         FAMAE().item_embeddings()
     _, _, _, out = trained
