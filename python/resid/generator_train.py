@@ -29,6 +29,7 @@ from resid.generator import Generator, GeneratorConfig, codes_per_level_of, trim
 from resid.io import atomic_write, write_json
 from resid.metrics import metrics_from_ranks, ranks_from_topk
 from resid.recommender import Recommender, check_sids, sids_digest
+from resid.seqeval import length_grouped_order
 
 WEIGHTS, META, STATE = "generator.safetensors", "generator.json", "train_state.pt"
 
@@ -118,6 +119,7 @@ def train(ds: PreparedDataset, sids: Any, out_dir: str | os.PathLike[str], cfg: 
     enc_all, mask_all = model.vocab.encoder_input(sid_tok, hist.to(device))
     tgt_all = sid_tok[target.to(device)]
     steps_per_epoch = math.ceil(len(target) / cfg.batch_size)
+    lengths = mask_all.sum(1).cpu()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.epochs * steps_per_epoch) / (cfg.epochs * steps_per_epoch))))
@@ -137,7 +139,7 @@ def train(ds: PreparedDataset, sids: Any, out_dir: str | os.PathLike[str], cfg: 
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"]
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout + shuffle: reproducible, also after resume
-        perm = torch.randperm(len(target), device=device)
+        perm = length_grouped_order(lengths, cfg.batch_size).to(device)  # similar lengths per batch
         if D.get_rank():  # other ranks: their own dropout stream, still reproducible
             torch.manual_seed(D.rank_seed(cfg.seed, epoch))
         model.train()

@@ -103,7 +103,7 @@ class Pipeline:
             branching = self._branching(ds, len(ids))
             split = PreparedDataset.split(ds, "test")
             q, codes, report = quantize(np.asarray(z, dtype=np.float32), method, branching, int(sec.get("iters", 20)),
-                                        self.seed, split.histories, split.targets)
+                                        self.seed, split.histories, split.targets, progress=self.progress)
             save_sids(d / "sids.parquet", ids, codes)
             q.save(d / "quantizer.npz")
             write_json(d / "quantize_report.json", report)

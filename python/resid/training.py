@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from resid import distributed as D
 from resid.io import _json_default
+from resid.seqeval import length_grouped_order
 
 
 class TrainingDiverged(RuntimeError):
@@ -205,6 +206,8 @@ def fit(
     model.to(device)
     samples = samples.to(device)
     steps_per_epoch = math.ceil(len(samples) / cfg.batch_size)
+    # rows are -1-padded windows: group similar lengths so trim_padding can drop most padding
+    lengths = (samples.reshape(len(samples), -1) >= 0).sum(1).cpu() if not samples.is_floating_point() else torch.zeros(len(samples), dtype=torch.long)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.epochs * steps_per_epoch))
 
@@ -228,7 +231,7 @@ def fit(
         model.train()
         if rank:
             torch.manual_seed(D.rank_seed(cfg.seed, epoch))
-        order = torch.randperm(len(samples), generator=gen).to(device)
+        order = length_grouped_order(lengths, cfg.batch_size, gen).to(device)
         total, bar = 0.0, tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", disable=not cfg.progress or not D.is_main(), file=sys.stderr, leave=False)
         for step in bar:
             idx, weight = D.local_batch(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])

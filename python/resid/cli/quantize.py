@@ -69,7 +69,7 @@ def _overlap_inputs(dataset: str, item_ids: np.ndarray) -> tuple[np.ndarray, np.
 
 def quantize(z: np.ndarray, method: str, branching: tuple[int, ...] | None, iters: int, seed: int,
              hist: np.ndarray | None, targets: np.ndarray | None, level1_sample: int | None = None,
-             anchor_basis: str = "random") -> tuple[Any, np.ndarray, dict[str, Any]]:
+             anchor_basis: str = "random", progress: bool = True) -> tuple[Any, np.ndarray, dict[str, Any]]:
     from resid import distributed as D
     from resid.diagnostics import quantizer_report
     from resid.quantizers import make_quantizer
@@ -81,7 +81,7 @@ def quantize(z: np.ndarray, method: str, branching: tuple[int, ...] | None, iter
         q = fit_sharded(z, branching, seed=seed, iters=iters, level1_sample=level1_sample)
         codes = q.codes
     else:
-        q = make_quantizer(method, branching, seed=seed, iters=iters, anchor_basis=anchor_basis)
+        q = make_quantizer(method, branching, seed=seed, iters=iters, anchor_basis=anchor_basis, progress=progress)
         codes = q.fit(z)
     seconds = time.perf_counter() - t0
     report = quantizer_report(codes, z, q.code_sizes(), hist, targets)
