@@ -225,6 +225,25 @@ class Pipeline:
         self._finish(ds, time.time() - t0)
         return self.metrics
 
+    def ablate(self, methods: list[str]) -> dict[str, dict[str, Any]]:
+        """Q-stage ablation: one FAMAE embedding set, one generator config, one quantizer per
+        row. Returns {method: {"metrics": test metrics, "report": quantizer diagnostics}}."""
+        from resid.quantizers import QUANTIZERS
+
+        bad = [m for m in methods if m not in QUANTIZERS]
+        if bad or not methods:
+            raise ValueError(f"--quantizer: unknown method(s) {bad}; choose from {sorted(QUANTIZERS)}")
+        ds = self.dataset()
+        fam = self.famae(ds)
+        out: dict[str, dict[str, Any]] = {}
+        for method in methods:
+            q = self.quantize(f"quantize_{method}", fam / "embeddings", method, ds)
+            g = self.generator(f"generator_{method}", ds, q)
+            out[method] = {"metrics": json.loads((g / "metrics.json").read_text())["test"],
+                           "report": json.loads((q / "quantize_report.json").read_text())}
+        write_json(self.run.root / "ablation.json", out)
+        return out
+
     # ---- results -----------------------------------------------------------------------------
     def _collect(self, model: str, stage_dir: Path) -> None:
         test = json.loads((stage_dir / "metrics.json").read_text())["test"]
@@ -255,4 +274,17 @@ def format_table(metrics: dict[str, float]) -> str:
     lines = [head, "-" * len(head)]
     for m in rows:
         lines.append(f"{m:<12}" + "".join(f"{metrics[f'{m}.{c}']:>11.4f}" for c in METRICS))
+    return "\n".join(lines)
+
+
+def format_ablation(rows: dict[str, dict[str, Any]]) -> str:
+    """Quantizer ablation table: test metrics plus the diagnostics that predict them."""
+    head = f"{'quantizer':<10}" + "".join(f"{c:>11}" for c in METRICS) + f"{'H(c2|c1)':>10}{'cos L2':>9}{'overlap L2':>11}"
+    lines = [head, "-" * len(head)]
+    for method, r in rows.items():
+        per = r["report"].get("per_level", [])
+        l2 = per[1] if len(per) > 1 else {}
+        lines.append(f"{method:<10}" + "".join(f"{r['metrics'][c]:>11.4f}" for c in METRICS)
+                     + f"{l2.get('cond_entropy', float('nan')):>10.3f}{l2.get('within_code_cos', float('nan')):>9.4f}"
+                     + f"{l2.get('overlap', float('nan')):>11.4f}")
     return "\n".join(lines)

@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # One module per subcommand, in the order `resid --help` lists them.
-COMMANDS = ["info", "datasets", "prepare", "famae", "baseline", "embed_text", "quantize", "train", "evaluate", "recommend", "run"]
+COMMANDS = ["info", "datasets", "prepare", "famae", "baseline", "embed_text", "quantize", "train", "evaluate", "recommend", "run", "ablate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,40 @@
+"""`resid ablate`: the Q-stage ablation (paper Sec. 5.2) on one FAMAE embedding set."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ablate", help="compare quantizers (gaoq, hkm, rqkmeans) on one FAMAE embedding set and one generator config")
+    p.add_argument("--quantizer", default="gaoq,hkm,rqkmeans", help="comma-separated methods (default gaoq,hkm,rqkmeans)")
+    p.add_argument("--data", default=None, help="builtin:NAME, a raw or a prepared dataset folder (default builtin:amazon-scientific)")
+    p.add_argument("--out", default="runs/ablate", help="run folder (default runs/ablate); shares the resume rules of `resid run`")
+    p.add_argument("--preset", choices=["quick", "paper"], default="quick")
+    p.add_argument("--config", default=None, help="YAML or TOML overrides, as for `resid run`")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from resid.pipeline import Pipeline, format_ablation
+    from resid.runconfig import build_config
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    overrides: dict = {}
+    if args.data:
+        overrides["data"] = {"spec": args.data}
+    if args.device:
+        overrides["device"] = args.device
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    cfg = build_config(args.preset, args.config, overrides)
+    methods = [m.strip() for m in args.quantizer.split(",") if m.strip()]
+    rows = Pipeline(cfg, args.out, force=args.force, progress=not args.quiet).ablate(methods)
+    print(format_ablation(rows))
+    print(f"\nwritten: {args.out}/ablation.json")
+    return 0
