@@ -87,6 +87,10 @@ def ranking_metrics(
         raise ValueError("ranking_metrics: no users to evaluate (every sequence is too short for this split)")
     # Under torchrun each rank ranks a contiguous block of users; the gathered ranks are the
     # single-process ranks in the single-process order (resid.distributed.shard_range).
+    # Users sorted by history length, so each batch trims to its own longest history
+    # (the metrics are means over users, so the order does not change them).
+    by_len = torch.argsort((windows >= 0).sum(1), stable=True)
+    windows, targets = windows[by_len], targets[by_len]
     start, stop = D.shard_range(len(targets))
     ranks = [torch.zeros(0, dtype=torch.int64)]
     for s in range(start, stop, batch_size):
