@@ -1,4 +1,5 @@
 """The package imports on any machine and reports what was built."""
+import os
 import subprocess
 import sys
 
@@ -6,6 +7,7 @@ import torch
 
 import resid
 import resid_ext
+from _env import NEUTRAL_CWD, pythonpath
 
 
 def test_build_info_keys_and_types():
@@ -24,5 +26,7 @@ def test_build_info_keys_and_types():
 
 
 def test_cli_info_runs():
-    out = subprocess.run([sys.executable, "-m", "resid", "info"], capture_output=True, text=True, check=True)
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
+    out = subprocess.run([sys.executable, "-m", "resid", "info"], capture_output=True, text=True, check=True,
+                         env=env, cwd=NEUTRAL_CWD)
     assert '"ext.cuda"' in out.stdout

@@ -18,8 +18,8 @@ from resid import distributed as D
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _dist_worker as W  # noqa: E402
+from _env import NEUTRAL_CWD, pythonpath  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -31,11 +31,11 @@ def free_port() -> int:
 def torchrun(args: list[str], nproc: int = 2, timeout: float = 180) -> subprocess.CompletedProcess:
     """Launch ``args`` (a script and its arguments, or ``-m module ...``) under torchrun with ``nproc`` CPU ranks on loopback."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "python"), str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = pythonpath(env.get("PYTHONPATH"))
     env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--nnodes=1",
            "--master-addr=127.0.0.1", f"--master-port={free_port()}", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=NEUTRAL_CWD)
 
 
 def launch(scenario: str, out: Path, nproc: int = 2) -> subprocess.CompletedProcess:

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _dist_worker as W  # noqa: E402
 from synth_seq import make_dataset  # noqa: E402
 from test_distributed import launch  # noqa: E402
+from _env import NEUTRAL_CWD, pythonpath  # noqa: E402
 
 
 def _close_history(got: list[dict], ref: list[dict]) -> None:
@@ -118,7 +119,7 @@ def test_cli_famae_under_torchrun(tmp_path):
     assert (out / "embeddings" / "embeddings.npy").is_file()
     # --distributed outside torchrun: a clear error, not a hang.
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env["PYTHONPATH"] = f"{Path(__file__).resolve().parents[1] / 'python'}"
+    env["PYTHONPATH"] = pythonpath()
     bad = subprocess.run([sys.executable, "-m", "resid", "famae", str(tmp_path / "ds"), str(tmp_path / "x"), "--distributed"],
-                         capture_output=True, text=True, env=env)
+                         capture_output=True, text=True, env=env, cwd=NEUTRAL_CWD)
     assert bad.returncode == 1 and "launch with `torchrun" in bad.stderr, bad.stderr

