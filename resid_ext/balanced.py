@@ -172,10 +172,12 @@ def _segment_sums(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
 
 def _candidates(
     x: torch.Tensor, c: torch.Tensor, p0: torch.Tensor, m: int,
-    cand_idx: torch.Tensor, cand_dist: torch.Tensor,
+    cand_idx: torch.Tensor, cand_dist: torch.Tensor, cache: torch.Tensor | None = None,
 ) -> None:
     """Fill cand_idx/cand_dist [n, m] (slices of the global lists) with each row's min(m, K)
-    clusters of smallest d + p0, in any order; x: [n, d], c: [K, d], p0: [K] float32."""
+    clusters of smallest d + p0, in any order; x: [n, d], c: [K, d], p0: [K] float32.
+    ``cache`` [r, K] (r <= n, optional) receives the exact squared distances of rows 0..r-1
+    to every cluster, taken from the same GEMM tiles (the kernel's refresh cache)."""
     n, k = x.shape[0], c.shape[0]
     if n == 0:
         return
@@ -190,6 +192,10 @@ def _candidates(
     for i0 in range(0, n, tile):
         xt = x[i0 : i0 + tile]
         part = torch.addmm(bias, xt, ct, beta=1.0, alpha=-2.0)  # [tile, K]
+        if cache is not None and i0 < cache.shape[0]:
+            r = min(cache.shape[0] - i0, part.shape[0])
+            full = part[:r] - p0 if priced else part[:r]
+            torch.add(full, (xt[:r] * xt[:r]).sum(1, keepdim=True), out=cache[i0 : i0 + r]).clamp_(min=0.0)
         if mk == k and k <= 1:
             vals, idx = part, torch.zeros_like(part, dtype=torch.int64)
         else:
@@ -240,6 +246,26 @@ def _candidates_complete(
         cand_dist[i0 : i0 + t] = torch.where(valid, vals, torch.zeros_like(vals))
         cand_idx[i0 : i0 + t] = torch.where(valid, ar[None, :].expand(t, m), torch.full_like(cols, -1)).to(torch.int32)
         i0 += t
+
+
+def _cache_layout(
+    seg_n: torch.Tensor, seg_k: torch.Tensor, m: int, d: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact-distance cache for refreshed points (assign.h): segments whose lists are partial
+    (K_s > m) get rows of K_s floats in proportion to their size, within a budget of
+    max(2*N*d, 4M) floats, so peak memory stays O(N*d) like x itself (never N x K).
+    Returns (cache_offsets [S+1] int64 float offsets, dist_cache [>=1] float32)."""
+    n_tot, d = int(seg_n.sum()), max(d, 1)
+    budget = max(2 * n_tot * d, 1 << 22)
+    partial = seg_k > m
+    want = torch.where(partial, seg_n * seg_k, torch.zeros_like(seg_n))  # every point cached
+    total_want = int(want.sum())
+    if total_want > budget:
+        rows = (seg_n.double() * budget / max(n_tot, 1) / seg_k.clamp(min=1).double()).floor().long()
+        want = torch.where(partial, torch.minimum(rows, seg_n) * seg_k, torch.zeros_like(seg_n))
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(want, 0)])
+    cache = torch.empty(max(int(offsets[-1]), 1), dtype=torch.float32, device=device)
+    return offsets.to(device), cache
 
 
 #: Cold starts estimate prices on a sample of this many points per cluster (see _estimate_prices).
@@ -340,15 +366,24 @@ def _solve(
         price0 = prices.to(device=device, dtype=torch.float32).clamp(min=0).contiguous()
     cand_idx = torch.full((n, mm), -1, dtype=torch.int32, device=device)
     cand_dist = torch.zeros((n, mm), dtype=torch.float32, device=device)
+    cache_offsets, dist_cache = _cache_layout(seg_n, seg_k, mm, d, device)
+    cache_rows = ((cache_offsets[1:] - cache_offsets[:-1]).cpu() // seg_k.clamp(min=1)).tolist()
+    cache_slot = torch.full((max(n, 1),), -1, dtype=torch.int32, device=device)
+    cache_used = torch.tensor(cache_rows if S > 0 else [0], dtype=torch.int64, device=device)
+    cao = cache_offsets.cpu().tolist()
     if S > 1 and int(seg_k.max()) <= mm:
         _candidates_complete(x32, ol, c32, col, mm, cand_idx, cand_dist)
     else:
         for s in range(S):
             if ol[s + 1] <= ol[s]:
                 continue
+            r = cache_rows[s]
+            cache = dist_cache[cao[s] : cao[s + 1]].view(r, col[s + 1] - col[s]) if r > 0 else None
+            if r > 0:  # pre-filled rows: the first r points of the segment
+                cache_slot[ol[s] : ol[s] + r] = torch.arange(r, dtype=torch.int32, device=device)
             _candidates(
                 x32[ol[s] : ol[s + 1]], c32[col[s] : col[s + 1]], price0[col[s] : col[s + 1]], mm,
-                cand_idx[ol[s] : ol[s + 1]], cand_dist[ol[s] : ol[s + 1]],
+                cand_idx[ol[s] : ol[s + 1]], cand_dist[ol[s] : ol[s + 1]], cache,
             )
     # Heap slots: cluster k is bounded (needs a heap of cap_k bids) iff cap_k < its segment's N.
     n_of_cluster = torch.repeat_interleave(seg_n, seg_k).to(device)
@@ -369,7 +404,8 @@ def _solve(
         cand_dist.data_ptr(), price0.data_ptr(), capacity.data_ptr(), x32.data_ptr(), c32.data_ptr(),
         heap_offsets.data_ptr(), heap_bid.data_ptr(), heap_pt.data_ptr(), count.data_ptr(),
         price.data_ptr(), dropped.data_ptr(), stack.data_ptr(), exact.data_ptr(),
-        bound.data_ptr(), labels.data_ptr(),
+        bound.data_ptr(), labels.data_ptr(), cache_offsets.data_ptr(), dist_cache.data_ptr(),
+        cache_slot.data_ptr(), cache_used.data_ptr(),
     )
     if device.type == "cuda":
         _C.balanced_assign_cuda(*args, cuda_stream(device))

@@ -111,7 +111,7 @@ RESID_HD inline void heap_sift_down(float* bid, int32_t* pt, int64_t size, int64
 
 // One segment's view of the arguments (global cluster index = k0 + local).
 struct Segment {
-  int64_t n0, n, k0, K;
+  int64_t s, n0, n, k0, K;
 };
 
 RESID_HD inline bool is_bounded(const BalancedAssignArgs& a, int64_t kg) {
@@ -204,16 +204,32 @@ RESID_HD inline int32_t place(const BalancedAssignArgs& a, const Segment& sg, in
 
 // Refresh point row's list: the min(m, K) clusters of smallest d + current price, ascending
 // (ties: lower index), exact distances; bound[row] becomes the largest kept d + price.
+// Centroids are fixed during a solve, so a point's K exact distances are kept in the
+// segment's share of dist_cache and a refresh only re-ranks them against the new prices:
+// points on skewed data are refreshed several times per solve, and each recomputation costs
+// K*d. The wrapper pre-fills rows from its GEMM tiles (cache_slot/cache_used on entry);
+// rows left over are handed out here, first come, first served.
 RESID_HD inline void refresh_list(const BalancedAssignArgs& a, const Segment& sg, int64_t row,
                                   float base) {
   int32_t* ci = a.cand_idx + row * a.m;
   float* cw = a.cand_dist + row * a.m;  // holds d + price while selecting
   const float* xr = a.x + row * a.d;
   const int64_t mk = sg.K < a.m ? sg.K : a.m;
+  float* cache = nullptr;
+  const int64_t cache_rows = (a.cache_offsets[sg.s + 1] - a.cache_offsets[sg.s]) / sg.K;
+  if (a.cache_slot[row] >= 0) {
+    cache = a.dist_cache + a.cache_offsets[sg.s] + a.cache_slot[row] * sg.K;
+  } else if (a.cache_used[sg.s] < cache_rows) {
+    const int64_t slot = a.cache_used[sg.s]++;
+    a.cache_slot[row] = static_cast<int32_t>(slot);
+    cache = a.dist_cache + a.cache_offsets[sg.s] + slot * sg.K;
+    for (int64_t c = 0; c < sg.K; ++c) cache[c] = row_sq_dist(xr, a.centroids + (sg.k0 + c) * a.d, a.d);
+  }
   int64_t cnt = 0;
   for (int64_t c = 0; c < sg.K; ++c) {
     const int64_t kg = sg.k0 + c;
-    const float w = fadd(row_sq_dist(xr, a.centroids + kg * a.d, a.d), current_price(a, kg));
+    const float dist = cache ? cache[c] : row_sq_dist(xr, a.centroids + kg * a.d, a.d);
+    const float w = fadd(dist, current_price(a, kg));
     if (cnt == mk && !before(w, c, cw[mk - 1], ci[mk - 1])) continue;
     int64_t pos = cnt < mk ? cnt++ : mk - 1;
     while (pos > 0 && before(w, c, cw[pos - 1], ci[pos - 1])) {
@@ -225,7 +241,9 @@ RESID_HD inline void refresh_list(const BalancedAssignArgs& a, const Segment& sg
     ci[pos] = static_cast<int32_t>(c);
   }
   a.bound[row] = fadd(cw[mk - 1], base);
-  for (int64_t j = 0; j < mk; ++j) cw[j] = row_sq_dist(xr, a.centroids + (sg.k0 + ci[j]) * a.d, a.d);
+  for (int64_t j = 0; j < mk; ++j) {
+    cw[j] = cache ? cache[ci[j]] : row_sq_dist(xr, a.centroids + (sg.k0 + ci[j]) * a.d, a.d);
+  }
   a.exact[row] = 1;
 }
 
@@ -321,6 +339,7 @@ RESID_HD inline void place_fallback(const BalancedAssignArgs& a, const Segment& 
 // The whole per-segment solve.
 RESID_HD inline void resolve_segment(const BalancedAssignArgs& a, int64_t s) {
   Segment sg;
+  sg.s = s;
   sg.n0 = a.offsets[s];
   sg.n = a.offsets[s + 1] - sg.n0;
   sg.k0 = a.centroid_offsets[s];
