@@ -248,6 +248,11 @@ def _candidates_complete(
         i0 += t
 
 
+#: Override of the refresh-cache budget in floats (None: max(2*N*d, 4M)); tests use it to
+#: exercise partly cached and uncached solves.
+_CACHE_BUDGET_FLOATS: int | None = None
+
+
 def _cache_layout(
     seg_n: torch.Tensor, seg_k: torch.Tensor, m: int, d: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,7 +261,7 @@ def _cache_layout(
     max(2*N*d, 4M) floats, so peak memory stays O(N*d) like x itself (never N x K).
     Returns (cache_offsets [S+1] int64 float offsets, dist_cache [>=1] float32)."""
     n_tot, d = int(seg_n.sum()), max(d, 1)
-    budget = max(2 * n_tot * d, 1 << 22)
+    budget = max(2 * n_tot * d, 1 << 22) if _CACHE_BUDGET_FLOATS is None else _CACHE_BUDGET_FLOATS
     partial = seg_k > m
     want = torch.where(partial, seg_n * seg_k, torch.zeros_like(seg_n))  # every point cached
     total_want = int(want.sum())
@@ -369,7 +374,6 @@ def _solve(
     cache_offsets, dist_cache = _cache_layout(seg_n, seg_k, mm, d, device)
     cache_rows = ((cache_offsets[1:] - cache_offsets[:-1]).cpu() // seg_k.clamp(min=1)).tolist()
     cache_slot = torch.full((max(n, 1),), -1, dtype=torch.int32, device=device)
-    cache_used = torch.tensor(cache_rows if S > 0 else [0], dtype=torch.int64, device=device)
     cao = cache_offsets.cpu().tolist()
     if S > 1 and int(seg_k.max()) <= mm:
         _candidates_complete(x32, ol, c32, col, mm, cand_idx, cand_dist)
@@ -405,7 +409,7 @@ def _solve(
         heap_offsets.data_ptr(), heap_bid.data_ptr(), heap_pt.data_ptr(), count.data_ptr(),
         price.data_ptr(), dropped.data_ptr(), stack.data_ptr(), exact.data_ptr(),
         bound.data_ptr(), labels.data_ptr(), cache_offsets.data_ptr(), dist_cache.data_ptr(),
-        cache_slot.data_ptr(), cache_used.data_ptr(),
+        cache_slot.data_ptr(),
     )
     if device.type == "cuda":
         _C.balanced_assign_cuda(*args, cuda_stream(device))

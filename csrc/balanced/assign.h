@@ -37,13 +37,12 @@ struct BalancedAssignArgs {
   int32_t* stack = nullptr;    // [N] unassigned points of each segment
   uint8_t* exact = nullptr;    // [N] out: 1 = the point's list was refreshed (statistics)
   float* bound = nullptr;      // [N] cost floor of every cluster outside the point's list
-  // Exact-distance cache for refreshed points: segment s owns floats
-  // [cache_offsets[s], cache_offsets[s+1]) of dist_cache, i.e. that span / K_s rows of K_s
-  // distances (0 rows: no cache, refreshes recompute).
+  // Exact squared distances of some points to all their segment's clusters (filled by the
+  // wrapper, read by list refreshes): segment s owns floats [cache_offsets[s],
+  // cache_offsets[s+1]) of dist_cache as rows of K_s floats.
   const int64_t* cache_offsets = nullptr;  // [S+1]
-  float* dist_cache = nullptr;             // [cache_offsets[S]]
-  int32_t* cache_slot = nullptr;           // [N] in/out: cache row of each point, -1 = none
-  int64_t* cache_used = nullptr;           // [S] in/out: rows of the segment filled so far
+  const float* dist_cache = nullptr;       // [cache_offsets[S]]
+  const int32_t* cache_slot = nullptr;     // [N] cache row of each point (segment-local), -1 = none
   int64_t* labels = nullptr;   // [N] out: global cluster index (segment offset added)
 };
 

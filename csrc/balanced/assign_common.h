@@ -207,24 +207,17 @@ RESID_HD inline int32_t place(const BalancedAssignArgs& a, const Segment& sg, in
 // Centroids are fixed during a solve, so a point's K exact distances are kept in the
 // segment's share of dist_cache and a refresh only re-ranks them against the new prices:
 // points on skewed data are refreshed several times per solve, and each recomputation costs
-// K*d. The wrapper pre-fills rows from its GEMM tiles (cache_slot/cache_used on entry);
-// rows left over are handed out here, first come, first served.
+// K*d. The wrapper fills the cache from its GEMM tiles (as many points as its memory budget
+// allows); points without a cache row recompute their distances here.
 RESID_HD inline void refresh_list(const BalancedAssignArgs& a, const Segment& sg, int64_t row,
                                   float base) {
   int32_t* ci = a.cand_idx + row * a.m;
   float* cw = a.cand_dist + row * a.m;  // holds d + price while selecting
   const float* xr = a.x + row * a.d;
   const int64_t mk = sg.K < a.m ? sg.K : a.m;
-  float* cache = nullptr;
-  const int64_t cache_rows = (a.cache_offsets[sg.s + 1] - a.cache_offsets[sg.s]) / sg.K;
-  if (a.cache_slot[row] >= 0) {
-    cache = a.dist_cache + a.cache_offsets[sg.s] + a.cache_slot[row] * sg.K;
-  } else if (a.cache_used[sg.s] < cache_rows) {
-    const int64_t slot = a.cache_used[sg.s]++;
-    a.cache_slot[row] = static_cast<int32_t>(slot);
-    cache = a.dist_cache + a.cache_offsets[sg.s] + slot * sg.K;
-    for (int64_t c = 0; c < sg.K; ++c) cache[c] = row_sq_dist(xr, a.centroids + (sg.k0 + c) * a.d, a.d);
-  }
+  const float* cache = a.cache_slot[row] < 0
+                          ? nullptr
+                          : a.dist_cache + a.cache_offsets[sg.s] + a.cache_slot[row] * sg.K;
   int64_t cnt = 0;
   for (int64_t c = 0; c < sg.K; ++c) {
     const int64_t kg = sg.k0 + c;
