@@ -10,6 +10,9 @@ Two steps, the same on CPU and CUDA:
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 from resid_ext import _C
@@ -17,6 +20,26 @@ from resid_ext import _validate as V
 from resid_ext._device import cuda_stream, require_cuda_kernels
 
 __all__ = ["balanced_assign", "balanced_assign_segmented", "default_capacity"]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)``, restoring the previous count.
+
+    Many small segments mean many small torch ops (a [2k, 128] GEMM, a top-k), and there a
+    multi-threaded op pays a thread wake-up/barrier that dwarfs its work, badly so on a
+    shared machine: measured on 2 busy cores, one 1560 x 128 x 128 addmm took 15.6 ms with 2
+    threads and 0.54 ms with 1 (GAOQ level 2 at 100k x 128, 64 x 128 clusters: 24 s -> 3 s).
+    """
+    old = torch.get_num_threads()
+    if n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 #: Candidate clusters kept per point (the whole list when K <= this).
 DEFAULT_CANDIDATES = 32
@@ -363,6 +386,20 @@ def _solve(
     # warm schedule's scale/8, and small eps steps then fight a long price war (measured on
     # 30k x 128, K=256: 1.8M bids and 0.4M list refreshes per solve vs 0.5M and 0.15M).
     warm = False
+    with torch_threads(1 if S > 1 and device.type == "cpu" else torch.get_num_threads()):
+        return _solve_body(x, offsets, centroids, centroid_offsets, capacity, prices, stats, ol, col, seg_n,
+                           seg_k, S, mm, x32, c32, warm)
+
+
+def _solve_body(
+    x: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor, centroid_offsets: torch.Tensor,
+    capacity: torch.Tensor, prices: torch.Tensor | None, stats: dict | None, ol: list[int], col: list[int],
+    seg_n: torch.Tensor, seg_k: torch.Tensor, S: int, mm: int, x32: torch.Tensor, c32: torch.Tensor, warm: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rest of _solve (candidates, workspaces, kernel call); same arguments, validated."""
+    device = x.device
+    n, d = x.shape
+    k = centroids.shape[0]
     if prices is None:
         prices = _estimate_prices(x32, ol, c32, col, capacity, mm)
     if prices is None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from resid_ext import _validate as V
-from resid_ext.balanced import _solve, default_capacity
+from resid_ext.balanced import _solve, default_capacity, torch_threads
 
 __all__ = ["BalancedKMeans", "SegmentedKMeans", "balanced_kmeans", "balanced_kmeans_segmented"]
 
@@ -183,6 +183,14 @@ def balanced_kmeans_segmented(
         s = int(torch.nonzero(ks < 1)[0, 0])
         raise ValueError(f"{fn}: k must be >= 1 for every segment, got {int(ks[s])} for segment {s}")
     ks = torch.minimum(ks, seg_n)
+    # Per-segment seeding and updates are many small torch ops: one thread (see torch_threads).
+    with torch_threads(1 if S > 1 and x.device.type == "cpu" else torch.get_num_threads()):
+        return _segmented_body(fn, x, o, ks, iters, seed)
+
+
+def _segmented_body(fn: str, x: torch.Tensor, o: torch.Tensor, ks: torch.Tensor, iters: int, seed: int) -> SegmentedKMeans:
+    """balanced_kmeans_segmented after validation: o [S+1] CPU offsets, ks [S] clamped k_s."""
+    S = o.numel() - 1
     x32 = x.to(torch.float32).contiguous()
     dev = x32.device
     c_off = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(ks, 0)])
