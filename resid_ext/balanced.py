@@ -453,13 +453,14 @@ def _solve_body(
     exact = torch.empty(max(n, 1), dtype=torch.uint8, device=device)
     bound = torch.empty(max(n, 1), dtype=torch.float32, device=device)
     labels = torch.empty(n, dtype=torch.int64, device=device)
+    cur_price = torch.empty_like(price)  # kernel workspace: live cluster prices
     args = (
         S, d, mm, int(warm), offsets.data_ptr(), centroid_offsets.data_ptr(), cand_idx.data_ptr(),
         cand_dist.data_ptr(), price0.data_ptr(), capacity.data_ptr(), x32.data_ptr(), c32.data_ptr(),
         heap_offsets.data_ptr(), heap_bid.data_ptr(), heap_pt.data_ptr(), count.data_ptr(),
         price.data_ptr(), dropped.data_ptr(), stack.data_ptr(), exact.data_ptr(),
         bound.data_ptr(), labels.data_ptr(), cache_offsets.data_ptr(), dist_cache.data_ptr(),
-        cache_slot.data_ptr(),
+        cache_slot.data_ptr(), cur_price.data_ptr(),
     )
     if device.type == "cuda":
         _C.balanced_assign_cuda(*args, cuda_stream(device))

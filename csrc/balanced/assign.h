@@ -33,6 +33,7 @@ struct BalancedAssignArgs {
   int32_t* heap_pt = nullptr;  // [H] the point (local index) holding each bid
   int64_t* count = nullptr;    // [K] points held per cluster
   float* price = nullptr;      // [K] in: a copy of price0 (reserve prices); out: final prices
+  float* cur_price = nullptr;  // [K] current price of each cluster during a phase
   uint8_t* dropped = nullptr;  // [K] 1 = reserve dropped to 0 in a clean-up round
   int32_t* stack = nullptr;    // [N] unassigned points of each segment
   uint8_t* exact = nullptr;    // [N] out: 1 = the point's list was refreshed (statistics)
