@@ -74,6 +74,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small smoke grid")
     ap.add_argument("--only", type=int, default=None, help="run only this index of the full grid")
+    ap.add_argument("--config", action="append", default=[], metavar="N,D,K,ITERS",
+                    help="run resid vs faiss on this config instead of the grid (repeatable)")
     args = ap.parse_args()
     if args.quick:
         grid = [(20000, 64, 64, 10, ("resid", "faiss")), (2000, 32, 16, 10, ("resid", "k-means-constrained"))]
@@ -85,6 +87,14 @@ def main() -> None:
         ]
     if args.only is not None:
         grid = [grid[args.only]]
+    if args.config:
+        grid = []
+        for spec in args.config:
+            try:
+                n, d, k, iters = (int(v) for v in spec.split(","))
+            except ValueError:
+                ap.error(f"--config: expected N,D,K,ITERS integers, got {spec!r}")
+            grid.append((n, d, k, iters, ("resid", "faiss")))
     runners = {"resid": run_resid, "faiss": run_faiss, "k-means-constrained": run_constrained}
     threads = torch.get_num_threads()
     for n, d, k, iters, tools in grid:

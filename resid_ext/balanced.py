@@ -10,6 +10,9 @@ Two steps, the same on CPU and CUDA:
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 from resid_ext import _C
@@ -17,6 +20,39 @@ from resid_ext import _validate as V
 from resid_ext._device import cuda_stream, require_cuda_kernels
 
 __all__ = ["balanced_assign", "balanced_assign_segmented", "default_capacity"]
+
+
+#: Below this many multiply-adds per solve (N*K*d) the torch ops are too small to gain from threads.
+_SMALL_SOLVE_MACS = 1 << 30
+
+
+def solve_threads(device: torch.device, segments: int, macs: int) -> int:
+    """Torch threads for a solve: 1 on CPU for many segments or fewer than _SMALL_SOLVE_MACS
+    multiply-adds (measured on 10k x 128, K=64, 20 Lloyd iterations on 2 busy cores: 4.4 s
+    with 2 threads, 1.3 s with 1), else torch's current setting."""
+    if device.type == "cpu" and (segments > 1 or macs < _SMALL_SOLVE_MACS):
+        return 1
+    return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)``, restoring the previous count.
+
+    Many small segments mean many small torch ops (a [2k, 128] GEMM, a top-k), and there a
+    multi-threaded op pays a thread wake-up/barrier that dwarfs its work, badly so on a
+    shared machine: measured on 2 busy cores, one 1560 x 128 x 128 addmm took 15.6 ms with 2
+    threads and 0.54 ms with 1 (GAOQ level 2 at 100k x 128, 64 x 128 clusters: 24 s -> 3 s).
+    """
+    old = torch.get_num_threads()
+    if n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 #: Candidate clusters kept per point (the whole list when K <= this).
 DEFAULT_CANDIDATES = 32
@@ -172,10 +208,12 @@ def _segment_sums(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
 
 def _candidates(
     x: torch.Tensor, c: torch.Tensor, p0: torch.Tensor, m: int,
-    cand_idx: torch.Tensor, cand_dist: torch.Tensor,
+    cand_idx: torch.Tensor, cand_dist: torch.Tensor, cache: torch.Tensor | None = None,
 ) -> None:
     """Fill cand_idx/cand_dist [n, m] (slices of the global lists) with each row's min(m, K)
-    clusters of smallest d + p0, in any order; x: [n, d], c: [K, d], p0: [K] float32."""
+    clusters of smallest d + p0, in any order; x: [n, d], c: [K, d], p0: [K] float32.
+    ``cache`` [r, K] (r <= n, optional) receives the exact squared distances of rows 0..r-1
+    to every cluster, taken from the same GEMM tiles (the kernel's refresh cache)."""
     n, k = x.shape[0], c.shape[0]
     if n == 0:
         return
@@ -190,6 +228,10 @@ def _candidates(
     for i0 in range(0, n, tile):
         xt = x[i0 : i0 + tile]
         part = torch.addmm(bias, xt, ct, beta=1.0, alpha=-2.0)  # [tile, K]
+        if cache is not None and i0 < cache.shape[0]:
+            r = min(cache.shape[0] - i0, part.shape[0])
+            full = part[:r] - p0 if priced else part[:r]
+            torch.add(full, (xt[:r] * xt[:r]).sum(1, keepdim=True), out=cache[i0 : i0 + r]).clamp_(min=0.0)
         if mk == k and k <= 1:
             vals, idx = part, torch.zeros_like(part, dtype=torch.int64)
         else:
@@ -240,6 +282,31 @@ def _candidates_complete(
         cand_dist[i0 : i0 + t] = torch.where(valid, vals, torch.zeros_like(vals))
         cand_idx[i0 : i0 + t] = torch.where(valid, ar[None, :].expand(t, m), torch.full_like(cols, -1)).to(torch.int32)
         i0 += t
+
+
+#: Override of the refresh-cache budget in floats (None: max(2*N*d, 4M)); tests use it to
+#: exercise partly cached and uncached solves.
+_CACHE_BUDGET_FLOATS: int | None = None
+
+
+def _cache_layout(
+    seg_n: torch.Tensor, seg_k: torch.Tensor, m: int, d: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact-distance cache for refreshed points (assign.h): segments whose lists are partial
+    (K_s > m) get rows of K_s floats in proportion to their size, within a budget of
+    max(2*N*d, 4M) floats, so peak memory stays O(N*d) like x itself (never N x K).
+    Returns (cache_offsets [S+1] int64 float offsets, dist_cache [>=1] float32)."""
+    n_tot, d = int(seg_n.sum()), max(d, 1)
+    budget = max(2 * n_tot * d, 1 << 22) if _CACHE_BUDGET_FLOATS is None else _CACHE_BUDGET_FLOATS
+    partial = seg_k > m
+    want = torch.where(partial, seg_n * seg_k, torch.zeros_like(seg_n))  # every point cached
+    total_want = int(want.sum())
+    if total_want > budget:
+        rows = (seg_n.double() * budget / max(n_tot, 1) / seg_k.clamp(min=1).double()).floor().long()
+        want = torch.where(partial, torch.minimum(rows, seg_n) * seg_k, torch.zeros_like(seg_n))
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(want, 0)])
+    cache = torch.empty(max(int(offsets[-1]), 1), dtype=torch.float32, device=device)
+    return offsets.to(device), cache
 
 
 #: Cold starts estimate prices on a sample of this many points per cluster (see _estimate_prices).
@@ -311,7 +378,7 @@ def _solve(
 
     ``prices`` (float32 [K], optional) warm-starts the auction with the prices a previous call
     returned (Lloyd iterations move centroids little); without it, prices are estimated on a
-    sample. ``cold`` treats given prices as a rough guess. Deterministic either way.
+    sample. ``cold`` is kept for callers; every solve now uses the wide first eps. Deterministic.
     """
     device = x.device
     if device.type == "cuda":
@@ -327,7 +394,25 @@ def _solve(
     # float32 copies only when needed (bf16/fp16 or non-contiguous input).
     x32 = x.to(torch.float32).contiguous()
     c32 = centroids.to(torch.float32).contiguous()
-    warm = prices is not None and not cold
+    # Given prices seed the reserves, but the first eps always spans the candidate spread (the
+    # kernel's cold schedule): after a Lloyd step the old prices are off by far more than the
+    # warm schedule's scale/8, and small eps steps then fight a long price war (measured on
+    # 30k x 128, K=256: 1.8M bids and 0.4M list refreshes per solve vs 0.5M and 0.15M).
+    warm = False
+    with torch_threads(solve_threads(device, S, n * k * d)):
+        return _solve_body(x, offsets, centroids, centroid_offsets, capacity, prices, stats, ol, col, seg_n,
+                           seg_k, S, mm, x32, c32, warm)
+
+
+def _solve_body(
+    x: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor, centroid_offsets: torch.Tensor,
+    capacity: torch.Tensor, prices: torch.Tensor | None, stats: dict | None, ol: list[int], col: list[int],
+    seg_n: torch.Tensor, seg_k: torch.Tensor, S: int, mm: int, x32: torch.Tensor, c32: torch.Tensor, warm: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rest of _solve (candidates, workspaces, kernel call); same arguments, validated."""
+    device = x.device
+    n, d = x.shape
+    k = centroids.shape[0]
     if prices is None:
         prices = _estimate_prices(x32, ol, c32, col, capacity, mm)
     if prices is None:
@@ -336,15 +421,23 @@ def _solve(
         price0 = prices.to(device=device, dtype=torch.float32).clamp(min=0).contiguous()
     cand_idx = torch.full((n, mm), -1, dtype=torch.int32, device=device)
     cand_dist = torch.zeros((n, mm), dtype=torch.float32, device=device)
+    cache_offsets, dist_cache = _cache_layout(seg_n, seg_k, mm, d, device)
+    cache_rows = ((cache_offsets[1:] - cache_offsets[:-1]).cpu() // seg_k.clamp(min=1)).tolist()
+    cache_slot = torch.full((max(n, 1),), -1, dtype=torch.int32, device=device)
+    cao = cache_offsets.cpu().tolist()
     if S > 1 and int(seg_k.max()) <= mm:
         _candidates_complete(x32, ol, c32, col, mm, cand_idx, cand_dist)
     else:
         for s in range(S):
             if ol[s + 1] <= ol[s]:
                 continue
+            r = cache_rows[s]
+            cache = dist_cache[cao[s] : cao[s + 1]].view(r, col[s + 1] - col[s]) if r > 0 else None
+            if r > 0:  # pre-filled rows: the first r points of the segment
+                cache_slot[ol[s] : ol[s] + r] = torch.arange(r, dtype=torch.int32, device=device)
             _candidates(
                 x32[ol[s] : ol[s + 1]], c32[col[s] : col[s + 1]], price0[col[s] : col[s + 1]], mm,
-                cand_idx[ol[s] : ol[s + 1]], cand_dist[ol[s] : ol[s + 1]],
+                cand_idx[ol[s] : ol[s + 1]], cand_dist[ol[s] : ol[s + 1]], cache,
             )
     # Heap slots: cluster k is bounded (needs a heap of cap_k bids) iff cap_k < its segment's N.
     n_of_cluster = torch.repeat_interleave(seg_n, seg_k).to(device)
@@ -360,12 +453,14 @@ def _solve(
     exact = torch.empty(max(n, 1), dtype=torch.uint8, device=device)
     bound = torch.empty(max(n, 1), dtype=torch.float32, device=device)
     labels = torch.empty(n, dtype=torch.int64, device=device)
+    cur_price = torch.empty_like(price)  # kernel workspace: live cluster prices
     args = (
         S, d, mm, int(warm), offsets.data_ptr(), centroid_offsets.data_ptr(), cand_idx.data_ptr(),
         cand_dist.data_ptr(), price0.data_ptr(), capacity.data_ptr(), x32.data_ptr(), c32.data_ptr(),
         heap_offsets.data_ptr(), heap_bid.data_ptr(), heap_pt.data_ptr(), count.data_ptr(),
         price.data_ptr(), dropped.data_ptr(), stack.data_ptr(), exact.data_ptr(),
-        bound.data_ptr(), labels.data_ptr(),
+        bound.data_ptr(), labels.data_ptr(), cache_offsets.data_ptr(), dist_cache.data_ptr(),
+        cache_slot.data_ptr(), cur_price.data_ptr(),
     )
     if device.type == "cuda":
         _C.balanced_assign_cuda(*args, cuda_stream(device))

@@ -67,6 +67,23 @@ def test_cost_within_one_percent_of_exact_optimum(n, k, d):
         assert got <= exact * 1.01, (got, exact)
 
 
+@pytest.mark.parametrize("budget", [None, 0, 400 * 64 // 3])
+def test_refresh_cache_budget_keeps_quality(budget, monkeypatch):
+    # K=64 > 32 candidates: refreshes read the exact-distance cache (None: every point
+    # cached), recompute (0), or mix both (a third of the points cached).
+    import resid_ext.balanced as rb
+
+    monkeypatch.setattr(rb, "_CACHE_BUDGET_FLOATS", budget)
+    x = _skewed(400, 5, 8, seed=21)
+    c = x[torch.randperm(400, generator=_gen(22))[:64]].clone()
+    cap = default_capacity(400, 64)
+    labels = balanced_assign(x, c)
+    _check_invariants(labels, 64, cap, 400)
+    assert torch.equal(torch.bincount(labels, minlength=64), cap)
+    exact = assignment_cost(x, c, balanced_assign_exact(x, c, cap))
+    assert assignment_cost(x, c, labels) <= exact * 1.01
+
+
 def test_custom_capacity_with_slack_and_zero_clusters_is_near_optimal():
     g = _gen(7)
     n, k, d = 240, 12, 4

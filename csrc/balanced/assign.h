@@ -33,10 +33,17 @@ struct BalancedAssignArgs {
   int32_t* heap_pt = nullptr;  // [H] the point (local index) holding each bid
   int64_t* count = nullptr;    // [K] points held per cluster
   float* price = nullptr;      // [K] in: a copy of price0 (reserve prices); out: final prices
+  float* cur_price = nullptr;  // [K] current price of each cluster during a phase
   uint8_t* dropped = nullptr;  // [K] 1 = reserve dropped to 0 in a clean-up round
   int32_t* stack = nullptr;    // [N] unassigned points of each segment
   uint8_t* exact = nullptr;    // [N] out: 1 = the point's list was refreshed (statistics)
   float* bound = nullptr;      // [N] cost floor of every cluster outside the point's list
+  // Exact squared distances of some points to all their segment's clusters (filled by the
+  // wrapper, read by list refreshes): segment s owns floats [cache_offsets[s],
+  // cache_offsets[s+1]) of dist_cache as rows of K_s floats.
+  const int64_t* cache_offsets = nullptr;  // [S+1]
+  const float* dist_cache = nullptr;       // [cache_offsets[S]]
+  const int32_t* cache_slot = nullptr;     // [N] cache row of each point (segment-local), -1 = none
   int64_t* labels = nullptr;   // [N] out: global cluster index (segment offset added)
 };
 

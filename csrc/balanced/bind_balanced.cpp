@@ -22,7 +22,9 @@ resid::BalancedAssignArgs make_args(int64_t num_segments, int64_t d, int64_t m, 
                                     std::uintptr_t centroids, std::uintptr_t heap_offsets,
                                     std::uintptr_t heap_bid, std::uintptr_t heap_pt, std::uintptr_t count,
                                     std::uintptr_t price, std::uintptr_t dropped, std::uintptr_t stack, std::uintptr_t exact,
-                                    std::uintptr_t bound, std::uintptr_t labels) {
+                                    std::uintptr_t bound, std::uintptr_t labels, std::uintptr_t cache_offsets,
+                                    std::uintptr_t dist_cache, std::uintptr_t cache_slot,
+                                    std::uintptr_t cur_price) {
   resid::BalancedAssignArgs a;
   a.num_segments = num_segments;
   a.d = d;
@@ -46,12 +48,17 @@ resid::BalancedAssignArgs make_args(int64_t num_segments, int64_t d, int64_t m, 
   a.exact = ptr<uint8_t>(exact);
   a.bound = ptr<float>(bound);
   a.labels = ptr<int64_t>(labels);
+  a.cache_offsets = ptr<const int64_t>(cache_offsets);
+  a.dist_cache = ptr<const float>(dist_cache);
+  a.cache_slot = ptr<const int32_t>(cache_slot);
+  a.cur_price = ptr<float>(cur_price);
   return a;
 }
 
 constexpr const char* kArgsDoc =
     "(num_segments, d, m, warm, offsets, centroid_offsets, cand_idx, cand_dist, price0, capacity, x, "
-    "centroids, heap_offsets, heap_bid, heap_pt, count, price, dropped, stack, exact, bound, labels) as data_ptr integers; "
+    "centroids, heap_offsets, heap_bid, heap_pt, count, price, dropped, stack, exact, bound, labels, cache_offsets, "
+    "dist_cache, cache_slot, cur_price) as data_ptr integers; "
     "see csrc/balanced/assign.h. Internal: call resid_ext.balanced_assign instead.";
 
 }  // namespace
@@ -62,8 +69,9 @@ void bind_balanced(py::module_& m) {
       [](int64_t S, int64_t d, int64_t mm, int64_t warm, std::uintptr_t o, std::uintptr_t co, std::uintptr_t ci,
          std::uintptr_t cd, std::uintptr_t p0, std::uintptr_t cap, std::uintptr_t x, std::uintptr_t c, std::uintptr_t ho,
          std::uintptr_t hb, std::uintptr_t hp, std::uintptr_t cnt, std::uintptr_t pr, std::uintptr_t dr, std::uintptr_t st,
-         std::uintptr_t ex, std::uintptr_t bd, std::uintptr_t lab) {
-        const auto a = make_args(S, d, mm, warm, o, co, ci, cd, p0, cap, x, c, ho, hb, hp, cnt, pr, dr, st, ex, bd, lab);
+         std::uintptr_t ex, std::uintptr_t bd, std::uintptr_t lab, std::uintptr_t cao, std::uintptr_t dc,
+         std::uintptr_t cs, std::uintptr_t cp) {
+        const auto a = make_args(S, d, mm, warm, o, co, ci, cd, p0, cap, x, c, ho, hb, hp, cnt, pr, dr, st, ex, bd, lab, cao, dc, cs, cp);
         py::gil_scoped_release release;
         resid::balanced_assign_cpu(a);
       },
@@ -74,8 +82,9 @@ void bind_balanced(py::module_& m) {
       [](int64_t S, int64_t d, int64_t mm, int64_t warm, std::uintptr_t o, std::uintptr_t co, std::uintptr_t ci,
          std::uintptr_t cd, std::uintptr_t p0, std::uintptr_t cap, std::uintptr_t x, std::uintptr_t c, std::uintptr_t ho,
          std::uintptr_t hb, std::uintptr_t hp, std::uintptr_t cnt, std::uintptr_t pr, std::uintptr_t dr, std::uintptr_t st,
-         std::uintptr_t ex, std::uintptr_t bd, std::uintptr_t lab, std::uintptr_t stream) {
-        const auto a = make_args(S, d, mm, warm, o, co, ci, cd, p0, cap, x, c, ho, hb, hp, cnt, pr, dr, st, ex, bd, lab);
+         std::uintptr_t ex, std::uintptr_t bd, std::uintptr_t lab, std::uintptr_t cao, std::uintptr_t dc,
+         std::uintptr_t cs, std::uintptr_t cp, std::uintptr_t stream) {
+        const auto a = make_args(S, d, mm, warm, o, co, ci, cd, p0, cap, x, c, ho, hb, hp, cnt, pr, dr, st, ex, bd, lab, cao, dc, cs, cp);
         py::gil_scoped_release release;
         resid::balanced_assign_cuda(a, reinterpret_cast<void*>(stream));
       },

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from resid_ext import _validate as V
-from resid_ext.balanced import _solve, default_capacity
+from resid_ext.balanced import _solve, default_capacity, solve_threads, torch_threads
 
 __all__ = ["BalancedKMeans", "SegmentedKMeans", "balanced_kmeans", "balanced_kmeans_segmented"]
 
@@ -127,6 +127,13 @@ def balanced_kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> 
         raise ValueError(f"{fn}: k must be an int >= 1, got {k!r}")
     if k > n:
         raise ValueError(f"{fn}: k={k} exceeds the N={n} rows of x; k must be <= N")
+    with torch_threads(solve_threads(x.device, 1, n * k * x.shape[1])):
+        return _kmeans_body(fn, x, k, iters, seed)
+
+
+def _kmeans_body(fn: str, x: torch.Tensor, k: int, iters: int, seed: int) -> BalancedKMeans:
+    """balanced_kmeans after validation."""
+    n = x.shape[0]
     x32 = x.to(torch.float32).contiguous()
     dev = x32.device
     gen = torch.Generator().manual_seed(seed)
@@ -183,6 +190,14 @@ def balanced_kmeans_segmented(
         s = int(torch.nonzero(ks < 1)[0, 0])
         raise ValueError(f"{fn}: k must be >= 1 for every segment, got {int(ks[s])} for segment {s}")
     ks = torch.minimum(ks, seg_n)
+    # Per-segment seeding and updates are many small torch ops: one thread (see torch_threads).
+    with torch_threads(solve_threads(x.device, S, 0)):
+        return _segmented_body(fn, x, o, ks, iters, seed)
+
+
+def _segmented_body(fn: str, x: torch.Tensor, o: torch.Tensor, ks: torch.Tensor, iters: int, seed: int) -> SegmentedKMeans:
+    """balanced_kmeans_segmented after validation: o [S+1] CPU offsets, ks [S] clamped k_s."""
+    S = o.numel() - 1
     x32 = x.to(torch.float32).contiguous()
     dev = x32.device
     c_off = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(ks, 0)])
