@@ -263,7 +263,7 @@ class Pipeline:
         for name in sorted(p.name for p in root.glob("quantize_*") if (p / "quantize_report.json").exists()):
             self.quant_reports[name.removeprefix("quantize_")] = json.loads((root / name / "quantize_report.json").read_text())
         plot_curves(self.curves, root / "curves.png")
-        write_report(root / "report.md", ds, self.cfg, self.metrics, self.quant_reports, self.notes,
+        write_report(root / "report.md", ds, {**self.cfg, "device": self.device}, self.metrics, self.quant_reports, self.notes,
                      ran=self.run.ran, skipped=self.run.skipped, seconds=seconds)
 
 
