@@ -124,3 +124,25 @@ def test_config_file_errors(tmp_path):
         build_config("fast")
     assert paper_branching("industrial_and_scientific", 30000) == (24, 80)
     assert paper_branching("amazon-scientific", 4344) is None  # Table 7's 24x80 prefixes need >= 19,200 items
+
+
+def test_ablate_compares_quantizers_on_one_embedding_set(raw_slice, tmp_path, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "abl"
+    args = ["ablate", "--quantizer", "gaoq,hkm", "--data", str(raw_slice), "--out", str(out), "--config", str(cfg), "--quiet"]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "gaoq" in table and "hkm" in table and "H(c2|c1)" in table
+    rows = json.loads((out / "ablation.json").read_text())
+    assert set(rows) == {"gaoq", "hkm"}
+    for r in rows.values():
+        assert set(METRICS) <= set(r["metrics"]) and r["report"]["collisions"] == 0
+    # one FAMAE embedding set feeds both quantizers; HKM and GAOQ share the tree, not the codes
+    assert len(list(out.glob("famae"))) == 1
+    g = load_sids(out / "quantize_gaoq" / "sids.parquet")[1]
+    h = load_sids(out / "quantize_hkm" / "sids.parquet")[1]
+    assert g.shape == h.shape
+    assert main(["ablate", "--quantizer", "gaoq,bogus", "--data", str(raw_slice), "--out", str(tmp_path / "x"),
+                 "--config", str(cfg), "--quiet"]) == 1
+    assert "bogus" in capsys.readouterr().err
