@@ -91,7 +91,6 @@ class Pipeline:
 
     def quantize(self, name: str, emb_dir: Path, method: str, ds: Any) -> Path:
         from resid.cli.quantize import quantize
-        from resid.data.dataset import PreparedDataset
         from resid.diagnostics import plot_report
 
         sec = self.cfg["quantizer"]
@@ -101,7 +100,7 @@ class Pipeline:
         def work(d: Path) -> dict[str, Any]:
             ids, z, _ = load_embeddings(emb_dir, mmap=False)
             branching = self._branching(ds, len(ids))
-            split = PreparedDataset.split(ds, "test")
+            split = ds.split("test")  # for the history/target code overlap diagnostic
             q, codes, report = quantize(np.asarray(z, dtype=np.float32), method, branching, int(sec.get("iters", 20)),
                                         self.seed, split.histories, split.targets, progress=self.progress)
             save_sids(d / "sids.parquet", ids, codes)
