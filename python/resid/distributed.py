@@ -148,6 +148,9 @@ def shutdown() -> None:
     """Leave the process group (no-op when not distributed)."""
     global _CTX
     if dist.is_available() and dist.is_initialized():
+        # Every rank reaches this point before any tears the group down: a rank destroying
+        # gloo's pairs while another is still in a collective aborts ("terminate called").
+        dist.barrier()
         dist.destroy_process_group()
     _CTX = None
 
