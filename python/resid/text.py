@@ -23,7 +23,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,19 +296,11 @@ def cache_key(texts: Sequence[str], encoder_identity: str) -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$RESID_CACHE_DIR/text-embeddings`` if set, else ``~/.cache/resid/text-embeddings``; when
-    that cannot be created (read-only home), ``<tmp>/resid-cache-<uid>/text-embeddings`` (the
-    same rule as the prepared-dataset cache, :func:`resid.data.default_cache_dir`)."""
-    root = os.environ.get("RESID_CACHE_DIR")
-    path = (Path(root) if root else Path.home() / ".cache" / "resid") / "text-embeddings"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        if root:  # an explicit setting that does not work is the user's to fix
-            raise
-        path = Path(tempfile.gettempdir()) / f"resid-cache-{os.getuid() if hasattr(os, 'getuid') else 0}" / "text-embeddings"
-        path.mkdir(parents=True, exist_ok=True)
-    return path
+    """Where text embeddings are cached: ``$RESID_CACHE_DIR/text-embeddings`` or
+    ``~/.cache/resid/text-embeddings`` (the rule of :func:`resid.data.builtin.cache_dir`)."""
+    from resid.data.builtin import cache_dir
+
+    return cache_dir("text-embeddings")
 
 
 def _load_cached(path: Path, n: int) -> np.ndarray | None:

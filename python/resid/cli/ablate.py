@@ -21,18 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from resid.cli.run import cli_overrides
     from resid.pipeline import Pipeline, format_ablation
     from resid.runconfig import build_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    overrides: dict = {}
-    if args.data:
-        overrides["data"] = {"spec": args.data}
-    if args.device:
-        overrides["device"] = args.device
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    cfg = build_config(args.preset, args.config, overrides)
+    cfg = build_config(args.preset, args.config, cli_overrides(args))
     methods = [m.strip() for m in args.quantizer.split(",") if m.strip()]
     rows = Pipeline(cfg, args.out, force=args.force, progress=not args.quiet).ablate(methods)
     print(format_ablation(rows))

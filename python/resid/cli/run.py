@@ -20,6 +20,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def cli_overrides(args: argparse.Namespace) -> dict:
+    """--data / --device / --seed as config overrides (they win over the preset and the file)."""
+    overrides: dict = {}
+    if args.data:
+        overrides["data"] = {"spec": args.data}
+    if args.device:
+        overrides["device"] = args.device
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    return overrides
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -28,14 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     preset = args.preset or ("paper" if torch.cuda.is_available() and args.device != "cpu" else "quick")
-    overrides: dict = {}
-    if args.data:
-        overrides["data"] = {"spec": args.data}
-    if args.device:
-        overrides["device"] = args.device
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    cfg = build_config(preset, args.config, overrides)
+    cfg = build_config(preset, args.config, cli_overrides(args))
     pipe = Pipeline(cfg, args.out, force=args.force, progress=not args.quiet)
     metrics = pipe.run_all()
     print(format_table(metrics))

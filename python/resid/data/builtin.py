@@ -61,19 +61,24 @@ def resolve_raw(spec: str | os.PathLike[str]) -> Path:
     raise FileNotFoundError(f"dataset {s!r}: no such folder (builtin datasets: {', '.join('builtin:' + i['name'] for i in list_builtin())})")
 
 
-def default_cache_dir() -> Path:
-    """``$RESID_CACHE_DIR/prepared`` if set, else ``~/.cache/resid/prepared``; when that cannot
-    be created (read-only home), ``<tmp>/resid-cache-<uid>/prepared``."""
+def cache_dir(kind: str) -> Path:
+    """``$RESID_CACHE_DIR/<kind>`` if set, else ``~/.cache/resid/<kind>``; when that cannot be
+    created (read-only home), ``<tmp>/resid-cache-<uid>/<kind>``."""
     root = os.environ.get("RESID_CACHE_DIR")
-    path = (Path(root) if root else Path.home() / ".cache" / "resid") / "prepared"
+    path = (Path(root) if root else Path.home() / ".cache" / "resid") / kind
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:
         if root:  # an explicit setting that does not work is the user's to fix
             raise
-        path = Path(tempfile.gettempdir()) / f"resid-cache-{os.getuid() if hasattr(os, 'getuid') else 0}" / "prepared"
+        path = Path(tempfile.gettempdir()) / f"resid-cache-{os.getuid() if hasattr(os, 'getuid') else 0}" / kind
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def default_cache_dir() -> Path:
+    """Where prepared datasets are cached: :func:`cache_dir` ``("prepared")``."""
+    return cache_dir("prepared")
 
 
 def _fingerprint(folder: Path) -> list[tuple[str, int, int]]:
