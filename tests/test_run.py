@@ -146,3 +146,16 @@ def test_ablate_compares_quantizers_on_one_embedding_set(raw_slice, tmp_path, ca
     assert main(["ablate", "--quantizer", "gaoq,bogus", "--data", str(raw_slice), "--out", str(tmp_path / "x"),
                  "--config", str(cfg), "--quiet"]) == 1
     assert "bogus" in capsys.readouterr().err
+
+
+def test_text_rows_skip_cleanly_without_item_text(raw_slice, tmp_path):
+    from resid.data import open_dataset
+    from resid.pipeline import Pipeline
+    from resid.runconfig import build_config
+
+    ds = open_dataset(raw_slice, cache_dir=tmp_path / "cache", min_count=3)
+    assert ds.item_texts is None  # the slice keeps no title/description columns
+    pipe = Pipeline(build_config("quick", overrides={"text": {"enabled": "auto"}}), tmp_path / "r", progress=False)
+    assert pipe.text_embeddings(ds) is None
+    assert len(pipe.notes) == 1 and "has no item text" in pipe.notes[0]
+    assert not (tmp_path / "r" / "text_embeddings").exists()
