@@ -144,13 +144,15 @@ def current() -> DistContext:
     return DistContext()
 
 
-def shutdown() -> None:
-    """Leave the process group (no-op when not distributed)."""
+def shutdown(barrier: bool = True) -> None:
+    """Leave the process group (no-op when not distributed). ``barrier``: wait until every rank
+    gets here first (a rank destroying gloo's pairs while another is still in a collective
+    aborts with "terminate called"); pass False when leaving on an error, where the other
+    ranks may never arrive."""
     global _CTX
     if dist.is_available() and dist.is_initialized():
-        # Every rank reaches this point before any tears the group down: a rank destroying
-        # gloo's pairs while another is still in a collective aborts ("terminate called").
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
     _CTX = None
 

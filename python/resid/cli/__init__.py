@@ -27,8 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    ok = False
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        ok = rc == 0
+        return rc
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         # User-facing errors: one clear line, no traceback. Bugs (other types) still trace.
         print(f"resid {args.command}: error: {e}", file=sys.stderr)
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         from resid import distributed  # leave the torchrun process group, if a command joined one
 
-        distributed.shutdown()
+        distributed.shutdown(barrier=ok)
 
 
 if __name__ == "__main__":
