@@ -420,23 +420,13 @@ class GAOQ:
             arrays[f"anchors_{i}"] = a
         meta = {"method": self.method, "dim": t.dim, "branching": list(t.branching), "last_size": t.last_size,
                 "num_anchor_sets": len(t.anchors), "config": asdict(self.config), "fit_info": self.fit_info}
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-
-        def write(tmp: Any) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-
-        atomic_write(path, write)
+        save_state(path, arrays, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], dim: int | None = None) -> "GAOQ":
         """Read a state written by ``save``; ``dim`` (if given) must match the fitted dimension."""
         with np.load(path, allow_pickle=False) as f:
-            meta = json.loads(f["meta"].tobytes().decode())
-            if meta.get("method") != cls.method:
-                raise ValueError(f"{path}: state of a {meta.get('method')!r} quantizer, not {cls.method!r}")
-            if dim is not None and int(meta["dim"]) != int(dim):
-                raise ValueError(f"{path}: quantizer was fitted on dim {meta['dim']}, embeddings have dim {dim}")
+            meta = read_state_meta(f, path, cls.method, dim)
             cfg = meta["config"]
             q = cls(config=GAOQConfig(**{**cfg, "branching": tuple(cfg["branching"]) if cfg["branching"] else None,
                                          "anchors": tuple(cfg["anchors"]) if cfg["anchors"] else None}))
@@ -449,6 +439,27 @@ class GAOQ:
                            codes=f["codes"], leaf=f["leaf"], prints=f["prints"])
             q.fit_info = meta.get("fit_info", {})
         return q
+
+
+def save_state(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """A quantizer's fitted state as one ``.npz`` (arrays + JSON ``meta``), written atomically."""
+    arrays = {**arrays, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+
+    def write(tmp: Any) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def read_state_meta(f: Any, path: str | os.PathLike[str], method: str, dim: int | None) -> dict[str, Any]:
+    """The ``meta`` of an open state file ``f``, checked: written by ``method``, fitted on ``dim``."""
+    meta = json.loads(f["meta"].tobytes().decode())
+    if meta.get("method") != method:
+        raise ValueError(f"{path}: state of a {meta.get('method')!r} quantizer, not {method!r}")
+    if dim is not None and int(meta["dim"]) != int(dim):
+        raise ValueError(f"{path}: quantizer was fitted on dim {meta['dim']}, embeddings have dim {dim}")
+    return meta
 
 
 def _nearest(x: np.ndarray, cent: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +35,28 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def atomic_write_dir(path: str | os.PathLike[str], fill: Callable[[Path], None]) -> Path:
+    """Call ``fill(tmp_dir)`` on a new temporary sibling folder, then rename it to ``path``: an
+    existing ``path`` is replaced only once the new folder is complete, so readers see the old
+    folder or the complete new one. On any error the temporary folder is removed."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        fill(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from resid.gaoq import GAOQ, GAOQConfig, _kmeans_root, _nearest, auto_branching, check_branching, fingerprint, validate_embeddings
-from resid.io import atomic_write
+from resid.gaoq import (GAOQ, GAOQConfig, _kmeans_root, _nearest, auto_branching, check_branching, fingerprint, read_state_meta,
+                        save_state, validate_embeddings)
 
 
 class HKM(GAOQ):
@@ -124,22 +124,12 @@ class RQKMeans:
         arrays.update(codes=self.codes_table, prints=self.prints)
         meta = {"method": self.method, "dim": self.dim, "levels": len(self.codebooks),
                 "config": {k: v for k, v in vars(self.config).items()}, "fit_info": self.fit_info}
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-
-        def write(tmp: Any) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-
-        atomic_write(path, write)
+        save_state(path, arrays, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], dim: int | None = None) -> "RQKMeans":
         with np.load(path, allow_pickle=False) as f:
-            meta = json.loads(f["meta"].tobytes().decode())
-            if meta.get("method") != cls.method:
-                raise ValueError(f"{path}: state of a {meta.get('method')!r} quantizer, not {cls.method!r}")
-            if dim is not None and int(meta["dim"]) != int(dim):
-                raise ValueError(f"{path}: quantizer was fitted on dim {meta['dim']}, embeddings have dim {dim}")
+            meta = read_state_meta(f, path, cls.method, dim)
             cfg = meta["config"]
             q = cls(config=GAOQConfig(**{**cfg, "branching": tuple(cfg["branching"]) if cfg["branching"] else None,
                                          "anchors": None}))

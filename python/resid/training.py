@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from resid import distributed as D
-from resid.io import _json_default
+from resid.io import _json_default, atomic_write_dir
 from resid.seqeval import length_grouped_order
 
 
@@ -83,23 +81,6 @@ def resolve_device(device: str) -> torch.device:
 
 
 # ---- checkpoints ---------------------------------------------------------------------------
-def _write_dir_atomic(target: Path, fill: Callable[[Path], None]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        fill(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_checkpoint(target: Path, model: nn.Module, meta: dict[str, Any], trainer_state: dict[str, Any] | None = None) -> None:
     """Write ``model.safetensors`` + ``config.json`` (+ ``trainer.pt``) into folder ``target`` atomically."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -110,7 +91,7 @@ def save_checkpoint(target: Path, model: nn.Module, meta: dict[str, Any], traine
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer.pt")
 
-    _write_dir_atomic(target, fill)
+    atomic_write_dir(target, fill)
 
 
 def read_checkpoint_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:

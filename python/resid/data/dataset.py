@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from resid.io import atomic_write_dir
 
 FORMAT_VERSION = 1
 PAD = 0
@@ -188,11 +188,6 @@ def _windows(items: np.ndarray, stops: np.ndarray, starts: np.ndarray, max_len: 
 
 
 # ---- persistence ------------------------------------------------------------------------
-def _atomic_dir(target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-
-
 def save_prepared(ds: PreparedDataset, out_dir: str | os.PathLike[str]) -> Path:
     """Write ``ds`` to ``out_dir`` atomically: a temporary sibling folder is filled, then
     renamed; an existing ``out_dir`` is replaced only once the new one is complete, and only if
@@ -201,8 +196,8 @@ def save_prepared(ds: PreparedDataset, out_dir: str | os.PathLike[str]) -> Path:
     if out.exists() and not (is_prepared(out) or (out.is_dir() and not any(out.iterdir()))):
         # never replace (and delete) a folder that is not a prepared dataset
         raise FileExistsError(f"save_prepared: {out} exists and is not a prepared dataset; choose another output folder")
-    tmp = _atomic_dir(out)
-    try:
+
+    def fill(tmp: Path) -> None:
         meta = {
             "format_version": FORMAT_VERSION,
             "name": ds.name,
@@ -223,16 +218,8 @@ def save_prepared(ds: PreparedDataset, out_dir: str | os.PathLike[str]) -> Path:
             data, offs = _encode_texts(ds.item_texts, ds.num_items)
             np.save(tmp / "item_text_data.npy", data)
             np.save(tmp / "item_text_offsets.npy", offs)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_write_dir(out, fill)
     return out
 
 
