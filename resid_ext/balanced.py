@@ -54,6 +54,12 @@ def torch_threads(n: int) -> Iterator[None]:
     finally:
         torch.set_num_threads(old)
 
+#: Final auction eps = mean nearest distance / this: cost within ~0.2% of the optimum.
+FINE_EPS_DIV = 512.0
+#: Final eps of the intermediate Lloyd iterations of balanced k-means (their assignments only
+#: move centroids; the last iteration uses FINE_EPS_DIV): two eps phases fewer per solve.
+COARSE_EPS_DIV = 8.0
+
 #: Candidate clusters kept per point (the whole list when K <= this).
 DEFAULT_CANDIDATES = 32
 #: Distance-tile budget in floats (tile rows = budget // K): 16 MiB of float32.
@@ -373,12 +379,17 @@ def _solve(
     m: int = DEFAULT_CANDIDATES,
     stats: dict | None = None,
     cold: bool = False,
+    init_labels: torch.Tensor | None = None,
+    eps_div: float = FINE_EPS_DIV,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated inputs -> (labels [N] int64, prices [K] float32).
 
-    ``prices`` (float32 [K], optional) warm-starts the auction with the prices a previous call
-    returned (Lloyd iterations move centroids little); without it, prices are estimated on a
-    sample. ``cold`` is kept for callers; every solve now uses the wide first eps. Deterministic.
+    ``prices`` (float32 [K], optional) seeds the reserve prices (a previous call's, or else
+    estimated on a sample). With ``init_labels`` too ([N] int64, the labels that call
+    returned, same capacities), the solve is warm: points whose cluster is still nearly their
+    best at those prices keep it and only the others bid (a Lloyd step moves centroids little).
+    ``cold`` forces a cold start. ``eps_div`` sets the final eps to (mean nearest distance) /
+    eps_div: the cost is within N * eps of the optimum. Deterministic.
     """
     device = x.device
     if device.type == "cuda":
@@ -394,20 +405,17 @@ def _solve(
     # float32 copies only when needed (bf16/fp16 or non-contiguous input).
     x32 = x.to(torch.float32).contiguous()
     c32 = centroids.to(torch.float32).contiguous()
-    # Given prices seed the reserves, but the first eps always spans the candidate spread (the
-    # kernel's cold schedule): after a Lloyd step the old prices are off by far more than the
-    # warm schedule's scale/8, and small eps steps then fight a long price war (measured on
-    # 30k x 128, K=256: 1.8M bids and 0.4M list refreshes per solve vs 0.5M and 0.15M).
-    warm = False
+    warm = init_labels is not None and prices is not None and not cold
     with torch_threads(solve_threads(device, S, n * k * d)):
         return _solve_body(x, offsets, centroids, centroid_offsets, capacity, prices, stats, ol, col, seg_n,
-                           seg_k, S, mm, x32, c32, warm)
+                           seg_k, S, mm, x32, c32, init_labels if warm else None, eps_div)
 
 
 def _solve_body(
     x: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor, centroid_offsets: torch.Tensor,
     capacity: torch.Tensor, prices: torch.Tensor | None, stats: dict | None, ol: list[int], col: list[int],
-    seg_n: torch.Tensor, seg_k: torch.Tensor, S: int, mm: int, x32: torch.Tensor, c32: torch.Tensor, warm: bool,
+    seg_n: torch.Tensor, seg_k: torch.Tensor, S: int, mm: int, x32: torch.Tensor, c32: torch.Tensor,
+    init_labels: torch.Tensor | None, eps_div: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The rest of _solve (candidates, workspaces, kernel call); same arguments, validated."""
     device = x.device
@@ -452,10 +460,12 @@ def _solve_body(
     stack = torch.empty(max(n, 1), dtype=torch.int32, device=device)
     exact = torch.empty(max(n, 1), dtype=torch.uint8, device=device)
     bound = torch.empty(max(n, 1), dtype=torch.float32, device=device)
-    labels = torch.empty(n, dtype=torch.int64, device=device)
+    warm = init_labels is not None
+    # Warm: the kernel reads the initial labels from its output array (assign.h).
+    labels = init_labels.to(device=device, dtype=torch.int64).clone() if warm else torch.empty(n, dtype=torch.int64, device=device)
     cur_price = torch.empty_like(price)  # kernel workspace: live cluster prices
     args = (
-        S, d, mm, int(warm), offsets.data_ptr(), centroid_offsets.data_ptr(), cand_idx.data_ptr(),
+        S, d, mm, int(warm), float(eps_div), offsets.data_ptr(), centroid_offsets.data_ptr(), cand_idx.data_ptr(),
         cand_dist.data_ptr(), price0.data_ptr(), capacity.data_ptr(), x32.data_ptr(), c32.data_ptr(),
         heap_offsets.data_ptr(), heap_bid.data_ptr(), heap_pt.data_ptr(), count.data_ptr(),
         price.data_ptr(), dropped.data_ptr(), stack.data_ptr(), exact.data_ptr(),

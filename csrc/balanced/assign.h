@@ -15,7 +15,10 @@ struct BalancedAssignArgs {
   int64_t num_segments = 0;           // S
   int64_t d = 0;                      // feature dim (fallback distances)
   int64_t m = 0;                      // candidates per point
-  int64_t warm = 0;                   // 1: price0 are a previous solve's prices (fine eps start)
+  int64_t warm = 0;                   // 1: price0 are a previous solve's prices and labels holds
+                                      //    its labels on entry (kept where still eps-optimal)
+  float eps_div = 512.f;              // final eps = scale / eps_div (scale: mean nearest
+                                      //    candidate distance); cost <= optimum + N * eps
   const int64_t* offsets = nullptr;           // [S+1] point offsets
   const int64_t* centroid_offsets = nullptr;  // [S+1] cluster offsets
   int32_t* cand_idx = nullptr;                // [N, m] local cluster ids, -1 = padding
@@ -44,7 +47,8 @@ struct BalancedAssignArgs {
   const int64_t* cache_offsets = nullptr;  // [S+1]
   const float* dist_cache = nullptr;       // [cache_offsets[S]]
   const int32_t* cache_slot = nullptr;     // [N] cache row of each point (segment-local), -1 = none
-  int64_t* labels = nullptr;   // [N] out: global cluster index (segment offset added)
+  int64_t* labels = nullptr;   // [N] out: global cluster index (segment offset added);
+                               //     in (warm only): the previous solve's labels
 };
 
 // CPU twin: OpenMP across segments. The spec.

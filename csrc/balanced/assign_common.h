@@ -22,7 +22,7 @@
 //     smallest d + current price kept, and bound[i] raised to the new m-th value.
 //   * A cluster left with room must cost 0: clean-up rounds drop such reserves to 0, mark
 //     the cluster, let every point also consider marked clusters (exact distances), and redo
-//     the final phase (at most 8 rounds). With sum(cap) == n (balanced k-means) every
+//     the final phase until none is left (at most K rounds). With sum(cap) == n every
 //     cluster is full and no round runs.
 // Termination: prices only rise within a phase and each bid raises one by >= max(eps, one
 // ulp); a bid budget is a belt-and-braces guard (points left when it runs out are placed on
@@ -41,6 +41,10 @@ namespace balanced_detail {
 constexpr float kInf = 3.0e38f;
 constexpr int32_t kUnassigned = -1;
 constexpr int32_t kFallback = -2;
+#ifndef RESID_WARM_VDIV
+#define RESID_WARM_VDIV 10
+#endif
+constexpr int64_t kWarmViolatorsDiv = RESID_WARM_VDIV;
 
 // Round-to-nearest mul/add without FMA contraction, so both twins sum identically.
 RESID_HD inline float fmul(float a, float b) {
@@ -243,9 +247,48 @@ RESID_HD inline void refresh_list(const BalancedAssignArgs& a, const Segment& sg
   a.exact[row] = 1;
 }
 
-// One auction phase at the given eps, from scratch, with a.price as reserve prices.
+// Whether point row (global) may keep cluster c (local) at the start of a phase: c costs at
+// most eps more than its best option at the current prices (eps-complementary slackness).
+// Refreshes a stale list first. A cluster outside the point's list counts as a violation
+// (conservative: unassigning a point is always allowed). On success *bid is the bid the
+// point would make for c now (price + margin over its best other option + eps), so kept
+// points are evicted in the order the auction itself would evict them.
+RESID_HD inline bool keeps_cs(const BalancedAssignArgs& a, const Segment& sg, int64_t row, int64_t c,
+                              float eps, float scale, bool complete, bool any_dropped, float base,
+                              float* bid) {
+  float w1, w2, last;
+  int32_t k1 = best_two(a, sg, row, any_dropped, base, &w1, &w2, &last);
+  if (!complete && (k1 < 0 || w1 > last)) {
+    refresh_list(a, sg, row, base);
+    k1 = best_two(a, sg, row, any_dropped, base, &w1, &w2, &last);
+  }
+  if (k1 < 0) return false;
+  if (!complete && last < w2) w2 = last;
+  const int32_t* ci = a.cand_idx + row * a.m;
+  const float* cd = a.cand_dist + row * a.m;
+  for (int64_t j = 0; j < a.m && ci[j] >= 0; ++j) {
+    if (ci[j] != c) continue;
+    const float p = a.cur_price[sg.k0 + c];
+    const float wc = fadd(cd[j], p);
+    if (wc > fadd(w1, eps)) return false;
+    float other = k1 == c ? w2 : w1;  // best option other than c
+    if (other >= kInf) other = fadd(wc, scale);
+    float b = fadd(fadd(p, other - wc), eps);
+    const float up = nextafterf(p, kInf);
+    *bid = b < up ? up : b;
+    return true;
+  }
+  return false;
+}
+
+// One auction phase at the given eps with a.price as reserve prices. Without `keep` every
+// point starts unassigned; with it, a point whose label (local, in a.labels) still satisfies
+// eps-CS keeps its cluster, held at the reserve price (so it is the first evicted), and only
+// the others bid: after a phase at 8x the eps, or a Lloyd step that moved centroids a little,
+// most points keep their cluster, where a restart would have every point bid again.
 RESID_HD inline void auction_phase(const BalancedAssignArgs& a, const Segment& sg, float eps,
-                                   float scale, bool complete, bool any_dropped, float base) {
+                                   float scale, bool complete, bool any_dropped, float base,
+                                   bool keep) {
   for (int64_t k = 0; k < sg.K; ++k) {
     a.count[sg.k0 + k] = 0;
     a.cur_price[sg.k0 + k] = a.price[sg.k0 + k];
@@ -253,6 +296,15 @@ RESID_HD inline void auction_phase(const BalancedAssignArgs& a, const Segment& s
   int32_t* stack = a.stack + sg.n0;
   int64_t top = 0;
   for (int64_t i = sg.n - 1; i >= 0; --i) {
+    const int64_t c = keep ? a.labels[sg.n0 + i] : kUnassigned;
+    // Kept bids equal the reserve, so placing them changes no price: the checks of later
+    // points see the same prices whatever the order.
+    float bid = 0.f;
+    if (c >= 0 && c < sg.K && !is_full(a, sg.k0 + c) &&
+        keeps_cs(a, sg, sg.n0 + i, c, eps, scale, complete, any_dropped, base, &bid)) {
+      place(a, sg, static_cast<int32_t>(i), static_cast<int32_t>(c), bid);
+      continue;
+    }
     stack[top++] = static_cast<int32_t>(i);
     a.labels[sg.n0 + i] = kUnassigned;
   }
@@ -294,10 +346,13 @@ RESID_HD inline void auction_phase(const BalancedAssignArgs& a, const Segment& s
 
 // Prices after a phase: a full bounded cluster's lowest held bid (>= its reserve) becomes
 // its next reserve; any other cluster keeps its reserve, so prices never fall below price0.
+// A cluster dropped in a clean-up round keeps reserve 0 for good, so the dropped set only
+// grows and the rounds cannot cycle (a full dropped cluster still costs its lowest held bid
+// during a phase).
 RESID_HD inline void settle_prices(const BalancedAssignArgs& a, const Segment& sg) {
   for (int64_t k = 0; k < sg.K; ++k) {
     const int64_t kg = sg.k0 + k;
-    if (is_bounded(a, kg) && is_full(a, kg)) a.price[kg] = a.heap_bid[a.heap_offsets[kg]];
+    if (!a.dropped[kg] && is_bounded(a, kg) && is_full(a, kg)) a.price[kg] = a.heap_bid[a.heap_offsets[kg]];
   }
 }
 
@@ -373,25 +428,49 @@ RESID_HD inline void resolve_segment(const BalancedAssignArgs& a, int64_t s) {
   scale = scale / static_cast<float>(sg.n);
   spread = spread / static_cast<float>(sg.n);
   if (!(scale > 1e-30f)) scale = 1e-30f;  // all points on their centroids: any eps works
-  const float eps_final = scale / 512.f;
+  const float eps_final = scale / a.eps_div;
   // Cold start (price0 = 0 or a sampled estimate): begin with eps near the price range, or
-  // the auction fights long "price wars" of eps-sized steps; warm starts only refine.
+  // the auction fights long "price wars" of eps-sized steps. Warm start (a.labels holds the
+  // previous solve's labels, price0 its prices): keep every point that still satisfies
+  // eps-CS and begin at kWarmEpsDiv.
+  bool keep = false;
   float eps = scale / 8.f;
-  if (!a.warm && spread / 4.f > eps) eps = spread / 4.f;
+  if (a.warm) {
+    for (int64_t i = 0; i < sg.n; ++i) {
+      const int64_t c = a.labels[sg.n0 + i] - sg.k0;
+      a.labels[sg.n0 + i] = (c >= 0 && c < sg.K) ? c : kUnassigned;
+    }
+    keep = true;
+    // Few violators: the prices are nearly right, refine from scale/8. Many (an early Lloyd
+    // step moved centroids far): small eps steps would fight a long price war (measured on
+    // 100k x 128, K=256: 1.7M bids at 25% kept), so start wide like a cold solve.
+    int64_t kept = 0;
+    for (int64_t k = 0; k < sg.K; ++k) a.cur_price[sg.k0 + k] = a.price[sg.k0 + k];
+    for (int64_t i = 0; i < sg.n; ++i) {
+      float bid;
+      const int64_t c = a.labels[sg.n0 + i];
+      kept += c >= 0 && keeps_cs(a, sg, sg.n0 + i, c, eps, scale, complete, false, 0.f, &bid);
+    }
+    if (kept < sg.n - sg.n / kWarmViolatorsDiv && spread / 4.f > eps) eps = spread / 4.f;
+  } else if (spread / 4.f > eps) {
+    eps = spread / 4.f;
+  }
   float base = 0.f;
   for (bool last_phase = false; !last_phase; eps = eps / 8.f) {
     if (eps <= eps_final * 4.f) {  // the final phase runs at exactly eps_final
       eps = eps_final;
       last_phase = true;
     }
-    auction_phase(a, sg, eps, scale, complete, false, base);
+    auction_phase(a, sg, eps, scale, complete, false, base, keep);
     settle_prices(a, sg);
     normalise_prices(a, sg, &base);
+    keep = true;
   }
-  // Clean-up rounds (see the header). Usually one or two; capped at 8 (the labels are valid
-  // either way, only the cost bound weakens).
+  // Clean-up rounds (see the header). Each round drops at least one more reserve for good
+  // and reruns the final phase keeping every point that still satisfies eps-CS (cheap), so
+  // at most K rounds reach the state where every cluster with room costs 0 (eps-optimal).
   bool any_dropped = false;
-  for (int64_t round = 0; round < 8; ++round) {
+  for (int64_t round = 0; round <= sg.K; ++round) {
     bool dropped = false;
     for (int64_t k = 0; k < sg.K; ++k) {
       const int64_t kg = sg.k0 + k;
@@ -403,7 +482,7 @@ RESID_HD inline void resolve_segment(const BalancedAssignArgs& a, int64_t s) {
     }
     if (!dropped) break;
     any_dropped = true;
-    auction_phase(a, sg, eps_final, scale, complete, any_dropped, base);
+    auction_phase(a, sg, eps_final, scale, complete, any_dropped, base, true);
     settle_prices(a, sg);
   }
   place_fallback(a, sg);

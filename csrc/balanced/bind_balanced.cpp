@@ -16,7 +16,7 @@ T* ptr(std::uintptr_t p) {
   return reinterpret_cast<T*>(p);
 }
 
-resid::BalancedAssignArgs make_args(int64_t num_segments, int64_t d, int64_t m, int64_t warm, std::uintptr_t offsets,
+resid::BalancedAssignArgs make_args(int64_t num_segments, int64_t d, int64_t m, int64_t warm, double eps_div, std::uintptr_t offsets,
                                     std::uintptr_t centroid_offsets, std::uintptr_t cand_idx,
                                     std::uintptr_t cand_dist, std::uintptr_t price0, std::uintptr_t capacity, std::uintptr_t x,
                                     std::uintptr_t centroids, std::uintptr_t heap_offsets,
@@ -30,6 +30,7 @@ resid::BalancedAssignArgs make_args(int64_t num_segments, int64_t d, int64_t m, 
   a.d = d;
   a.m = m;
   a.warm = warm;
+  a.eps_div = static_cast<float>(eps_div);
   a.offsets = ptr<const int64_t>(offsets);
   a.centroid_offsets = ptr<const int64_t>(centroid_offsets);
   a.cand_idx = ptr<int32_t>(cand_idx);
@@ -56,7 +57,7 @@ resid::BalancedAssignArgs make_args(int64_t num_segments, int64_t d, int64_t m, 
 }
 
 constexpr const char* kArgsDoc =
-    "(num_segments, d, m, warm, offsets, centroid_offsets, cand_idx, cand_dist, price0, capacity, x, "
+    "(num_segments, d, m, warm, eps_div, offsets, centroid_offsets, cand_idx, cand_dist, price0, capacity, x, "
     "centroids, heap_offsets, heap_bid, heap_pt, count, price, dropped, stack, exact, bound, labels, cache_offsets, "
     "dist_cache, cache_slot, cur_price) as data_ptr integers; "
     "see csrc/balanced/assign.h. Internal: call resid_ext.balanced_assign instead.";
@@ -66,12 +67,12 @@ constexpr const char* kArgsDoc =
 void bind_balanced(py::module_& m) {
   m.def(
       "balanced_assign_cpu",
-      [](int64_t S, int64_t d, int64_t mm, int64_t warm, std::uintptr_t o, std::uintptr_t co, std::uintptr_t ci,
+      [](int64_t S, int64_t d, int64_t mm, int64_t warm, double ed, std::uintptr_t o, std::uintptr_t co, std::uintptr_t ci,
          std::uintptr_t cd, std::uintptr_t p0, std::uintptr_t cap, std::uintptr_t x, std::uintptr_t c, std::uintptr_t ho,
          std::uintptr_t hb, std::uintptr_t hp, std::uintptr_t cnt, std::uintptr_t pr, std::uintptr_t dr, std::uintptr_t st,
          std::uintptr_t ex, std::uintptr_t bd, std::uintptr_t lab, std::uintptr_t cao, std::uintptr_t dc,
          std::uintptr_t cs, std::uintptr_t cp) {
-        const auto a = make_args(S, d, mm, warm, o, co, ci, cd, p0, cap, x, c, ho, hb, hp, cnt, pr, dr, st, ex, bd, lab, cao, dc, cs, cp);
+        const auto a = make_args(S, d, mm, warm, ed, o, co, ci, cd, p0, cap, x, c, ho, hb, hp, cnt, pr, dr, st, ex, bd, lab, cao, dc, cs, cp);
         py::gil_scoped_release release;
         resid::balanced_assign_cpu(a);
       },
@@ -79,12 +80,12 @@ void bind_balanced(py::module_& m) {
 #ifdef RESID_WITH_CUDA
   m.def(
       "balanced_assign_cuda",
-      [](int64_t S, int64_t d, int64_t mm, int64_t warm, std::uintptr_t o, std::uintptr_t co, std::uintptr_t ci,
+      [](int64_t S, int64_t d, int64_t mm, int64_t warm, double ed, std::uintptr_t o, std::uintptr_t co, std::uintptr_t ci,
          std::uintptr_t cd, std::uintptr_t p0, std::uintptr_t cap, std::uintptr_t x, std::uintptr_t c, std::uintptr_t ho,
          std::uintptr_t hb, std::uintptr_t hp, std::uintptr_t cnt, std::uintptr_t pr, std::uintptr_t dr, std::uintptr_t st,
          std::uintptr_t ex, std::uintptr_t bd, std::uintptr_t lab, std::uintptr_t cao, std::uintptr_t dc,
          std::uintptr_t cs, std::uintptr_t cp, std::uintptr_t stream) {
-        const auto a = make_args(S, d, mm, warm, o, co, ci, cd, p0, cap, x, c, ho, hb, hp, cnt, pr, dr, st, ex, bd, lab, cao, dc, cs, cp);
+        const auto a = make_args(S, d, mm, warm, ed, o, co, ci, cd, p0, cap, x, c, ho, hb, hp, cnt, pr, dr, st, ex, bd, lab, cao, dc, cs, cp);
         py::gil_scoped_release release;
         resid::balanced_assign_cuda(a, reinterpret_cast<void*>(stream));
       },

@@ -154,8 +154,8 @@ def _fit_level(gq: GAOQ, tree: _Tree, z: Any, node: np.ndarray, b: int, g: int, 
     Mirrors ``GAOQ._fit_level`` + ``resid.kmeans.balanced_kmeans_segmented`` segment by
     segment (see the module docstring for why the result is the same)."""
     from resid.anchors import make_anchors, max_coherence
-    from resid.kmeans import _kmeanspp, _update
-    from resid_ext.balanced import _solve, default_capacity
+    from resid.kmeans import _kmeanspp, lloyd
+    from resid_ext.balanced import default_capacity
 
     parents = tree.centroids[-1]
     p = len(parents)
@@ -178,12 +178,8 @@ def _fit_level(gq: GAOQ, tree: _Tree, z: Any, node: np.ndarray, b: int, g: int, 
     c_off = torch.from_numpy(np.concatenate([[0], np.cumsum(ks[a:e])]).astype(np.int64))
     cap = torch.cat([torch.zeros(0, dtype=torch.int64)] + [default_capacity(int(counts[s]), int(ks[s])) for s in range(a, e) if ks[s] > 0])
     centroids = torch.cat(cents)
-    ktot = int(c_off[-1])
     if len(rows):
-        labels, prices = _solve(fn, x, seg, centroids, c_off, cap)
-        for _ in range(gq.config.iters):
-            centroids = _update(x, labels, centroids) if ktot > 0 else centroids
-            labels, prices = _solve(fn, x, seg, centroids, c_off, cap, prices)
+        centroids, labels = lloyd(fn, x, seg, centroids, c_off, cap, gq.config.iters)
         lab_global = labels.numpy()
     else:
         lab_global = np.zeros(0, np.int64)

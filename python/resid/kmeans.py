@@ -17,9 +17,14 @@ import numpy as np
 import torch
 
 from resid_ext import _validate as V
-from resid_ext.balanced import _solve, default_capacity, solve_threads, torch_threads
+from resid_ext.balanced import (
+    COARSE_EPS_DIV, FINE_EPS_DIV, _solve, default_capacity, solve_threads, torch_threads,
+)
 
 __all__ = ["BalancedKMeans", "SegmentedKMeans", "balanced_kmeans", "balanced_kmeans_segmented"]
+
+#: Balanced Lloyd solves at the fine eps at the end of a run (the earlier ones are coarse).
+FINE_TAIL = 3
 
 #: k-means++ runs on a seeded subsample of at most this many points per cluster.
 SEED_SAMPLE_PER_CLUSTER = 32
@@ -141,12 +146,39 @@ def _kmeans_body(fn: str, x: torch.Tensor, k: int, iters: int, seed: int) -> Bal
     cap = default_capacity(n, k, dev)
     offsets = torch.tensor([0, n], dtype=torch.int64, device=dev)
     c_off = torch.tensor([0, k], dtype=torch.int64, device=dev)
-    prices = None
-    labels, prices = _solve(fn, x32, offsets, centroids, c_off, cap, prices)
-    for _ in range(iters):
-        centroids = _update(x32, labels, centroids)
-        labels, prices = _solve(fn, x32, offsets, centroids, c_off, cap, prices)
+    centroids, labels = lloyd(fn, x32, offsets, centroids, c_off, cap, iters)
     return BalancedKMeans(centroids, labels)
+
+
+def lloyd(
+    fn: str, x: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor, centroid_offsets: torch.Tensor,
+    capacity: torch.Tensor, iters: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Balanced Lloyd iterations from the given (seeded) centroids; validated float32 inputs in
+    the layout of ``_solve``. Returns (centroids, labels), labels a balanced assignment to them.
+
+    The first solve is cold; each later one warm-starts from the previous labels and prices
+    (a Lloyd step moves centroids little, so most points keep their cluster). Solves run at
+    the coarse eps (they only move centroids) until the labels stop changing or the last
+    FINE_TAIL solves, then at the fine eps; a fine solve that changes no label is a fixed
+    point (the centroids are already the means of the labels), so the run stops there.
+    """
+    fine_from = iters + 1 - FINE_TAIL  # index of the first solve that is fine in any case
+    fine = fine_from <= 0
+    labels, prices = _solve(fn, x, offsets, centroids, centroid_offsets, capacity,
+                            eps_div=FINE_EPS_DIV if fine else COARSE_EPS_DIV)
+    for it in range(1, iters + 1):
+        if centroids.shape[0] > 0:
+            centroids = _update(x, labels, centroids)
+        fine = fine or it >= fine_from
+        new, prices = _solve(fn, x, offsets, centroids, centroid_offsets, capacity, prices,
+                             init_labels=labels, eps_div=FINE_EPS_DIV if fine else COARSE_EPS_DIV)
+        unchanged = torch.equal(new, labels)
+        labels = new
+        if unchanged and fine:
+            break
+        fine = fine or unchanged  # coarse fixed point: refine from here
+    return centroids, labels
 
 
 def balanced_kmeans_segmented(
@@ -201,7 +233,6 @@ def _segmented_body(fn: str, x: torch.Tensor, o: torch.Tensor, ks: torch.Tensor,
     x32 = x.to(torch.float32).contiguous()
     dev = x32.device
     c_off = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(ks, 0)])
-    ktot = int(c_off[-1])
     gen = torch.Generator().manual_seed(seed)
     cents = [torch.zeros((0, x32.shape[1]), dtype=torch.float32, device=dev)]
     caps = [torch.zeros(0, dtype=torch.int64)]
@@ -213,8 +244,5 @@ def _segmented_body(fn: str, x: torch.Tensor, o: torch.Tensor, ks: torch.Tensor,
     centroids = torch.cat(cents)
     cap = torch.cat(caps).to(dev)
     offsets_d, c_off_d = o.to(dev), c_off.to(dev)
-    labels, prices = _solve(fn, x32, offsets_d, centroids, c_off_d, cap)
-    for _ in range(iters):
-        centroids = _update(x32, labels, centroids) if ktot > 0 else centroids
-        labels, prices = _solve(fn, x32, offsets_d, centroids, c_off_d, cap, prices)
+    centroids, labels = lloyd(fn, x32, offsets_d, centroids, c_off_d, cap, iters)
     return SegmentedKMeans(centroids, c_off_d, labels)
