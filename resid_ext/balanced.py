@@ -234,6 +234,15 @@ def _candidates(
     for i0 in range(0, n, tile):
         xt = x[i0 : i0 + tile]
         part = torch.addmm(bias, xt, ct, beta=1.0, alpha=-2.0)  # [tile, K]
+        if x.device.type == "cpu":  # one fused C++ pass: cache rows, top-m, exact distances
+            xn = (xt * xt).sum(1)
+            r = 0 if cache is None else max(0, min(cache.shape[0] - i0, part.shape[0]))
+            ci, cd = cand_idx[i0 : i0 + tile], cand_dist[i0 : i0 + tile]
+            _C.select_candidates_cpu(
+                part.data_ptr(), part.shape[0], k, xn.data_ptr(), p0.data_ptr() if priced else 0, mk,
+                ci.data_ptr(), cd.data_ptr(), cand_idx.stride(0), cache[i0:].data_ptr() if r > 0 else 0, r,
+            )
+            continue
         if cache is not None and i0 < cache.shape[0]:
             r = min(cache.shape[0] - i0, part.shape[0])
             full = part[:r] - p0 if priced else part[:r]

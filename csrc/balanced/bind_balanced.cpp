@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "balanced/assign.h"
+#include "balanced/candidates.h"
 
 namespace py = pybind11;
 
@@ -65,6 +66,23 @@ constexpr const char* kArgsDoc =
 }  // namespace
 
 void bind_balanced(py::module_& m) {
+  m.def(
+      "select_candidates_cpu",
+      [](std::uintptr_t part, int64_t t, int64_t K, std::uintptr_t xn, std::uintptr_t p0, int64_t mm,
+         std::uintptr_t ci, std::uintptr_t cd, int64_t ld, std::uintptr_t cache, int64_t cache_rows) {
+        py::gil_scoped_release release;
+        resid::select_candidates_cpu(ptr<const float>(part), t, K, ptr<const float>(xn), ptr<const float>(p0), mm,
+                                     ptr<int32_t>(ci), ptr<float>(cd), ld, ptr<float>(cache), cache_rows);
+      },
+      "(part, t, K, xn, p0 or 0, m, cand_idx, cand_dist, ld, cache or 0, cache_rows): see "
+      "csrc/balanced/candidates.h. Internal.");
+  m.def(
+      "cluster_sums_cpu",
+      [](std::uintptr_t x, std::uintptr_t labels, int64_t n, int64_t d, int64_t k, std::uintptr_t out) {
+        py::gil_scoped_release release;
+        resid::cluster_sums_cpu(ptr<const float>(x), ptr<const int64_t>(labels), n, d, k, ptr<float>(out));
+      },
+      "(x, labels, n, d, k, out): see csrc/balanced/candidates.h. Internal.");
   m.def(
       "balanced_assign_cpu",
       [](int64_t S, int64_t d, int64_t mm, int64_t warm, double ed, std::uintptr_t o, std::uintptr_t co, std::uintptr_t ci,
