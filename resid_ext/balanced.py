@@ -11,7 +11,7 @@ Two steps, the same on CPU and CUDA:
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

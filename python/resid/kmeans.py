@@ -19,7 +19,12 @@ import torch
 from resid_ext import _C
 from resid_ext import _validate as V
 from resid_ext.balanced import (
-    COARSE_EPS_DIV, FINE_EPS_DIV, _solve, default_capacity, solve_threads, torch_threads,
+    COARSE_EPS_DIV,
+    FINE_EPS_DIV,
+    _solve,
+    default_capacity,
+    solve_threads,
+    torch_threads,
 )
 
 __all__ = ["BalancedKMeans", "SegmentedKMeans", "balanced_kmeans", "balanced_kmeans_segmented"]
