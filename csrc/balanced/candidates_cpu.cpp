@@ -8,6 +8,7 @@
 #include "balanced/candidates.h"
 
 #include <algorithm>
+#include <vector>
 
 namespace resid {
 
@@ -15,37 +16,42 @@ void select_candidates_cpu(const float* part, int64_t t, int64_t K, const float*
                            int32_t* cand_idx, float* cand_dist, int64_t ld, float* cache, int64_t cache_rows) {
   const int64_t mk = std::min(m, K);
 #ifdef RESID_WITH_OPENMP
-#pragma omp parallel for schedule(static)
+#pragma omp parallel if (t * K >= (1 << 16))
 #endif
-  for (int64_t i = 0; i < t; ++i) {
-    const float* row = part + i * K;
-    const float xi = xn[i];
-    if (i < cache_rows) {
-      float* cr = cache + i * K;
-      for (int64_t c = 0; c < K; ++c) {
-        const float v = (p0 ? row[c] - p0[c] : row[c]) + xi;
-        cr[c] = v > 0.f ? v : 0.f;
+  {
+    std::vector<float> buf(static_cast<size_t>(K));
+#ifdef RESID_WITH_OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t i = 0; i < t; ++i) {
+      const float* row = part + i * K;
+      const float xi = xn[i];
+      if (i < cache_rows) {
+        float* cr = cache + i * K;
+        for (int64_t c = 0; c < K; ++c) {
+          const float v = (p0 ? row[c] - p0[c] : row[c]) + xi;
+          cr[c] = v > 0.f ? v : 0.f;
+        }
       }
-    }
-    // Sorted insertion of (value, index) into the m best; ties: lower index first.
-    float* w = cand_dist + i * ld;  // ranking values while selecting
-    int32_t* ci = cand_idx + i * ld;
-    int64_t cnt = 0;
-    for (int64_t c = 0; c < K; ++c) {
-      const float v = row[c];
-      if (cnt == mk && !(v < w[mk - 1])) continue;  // later index loses ties
-      int64_t pos = cnt < mk ? cnt++ : mk - 1;
-      while (pos > 0 && v < w[pos - 1]) {
-        w[pos] = w[pos - 1];
-        ci[pos] = ci[pos - 1];
-        --pos;
+      // The mk-th smallest value by nth_element on a copy (expected O(K); a sorted insertion
+      // costs O(K + mk^2)), then every smaller entry and, in index order, as many entries
+      // equal to it as fit: ties go to the lower index whatever nth_element did.
+      std::copy(row, row + K, buf.begin());
+      std::nth_element(buf.begin(), buf.begin() + (mk - 1), buf.end());
+      const float thr = buf[static_cast<size_t>(mk - 1)];
+      int64_t below = 0;
+      for (int64_t c = 0; c < K; ++c) below += row[c] < thr;
+      int64_t ties = mk - below, cnt = 0;
+      int32_t* ci = cand_idx + i * ld;
+      float* cd = cand_dist + i * ld;
+      for (int64_t c = 0; c < K && cnt < mk; ++c) {
+        const float v = row[c];
+        if (v < thr || (v == thr && ties-- > 0)) {
+          const float dist = (p0 ? v - p0[c] : v) + xi;
+          ci[cnt] = static_cast<int32_t>(c);
+          cd[cnt++] = dist > 0.f ? dist : 0.f;  // squared distance, clamped against round-off
+        }
       }
-      w[pos] = v;
-      ci[pos] = static_cast<int32_t>(c);
-    }
-    for (int64_t j = 0; j < mk; ++j) {
-      const float v = (p0 ? w[j] - p0[ci[j]] : w[j]) + xi;
-      w[j] = v > 0.f ? v : 0.f;  // squared distance, clamped against round-off
     }
   }
 }
