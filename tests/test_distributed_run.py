@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -155,6 +156,29 @@ def test_second_distributed_run_skips_every_stage(dist, raw_slice, cfg):  # noqa
     assert proc.stderr.count("up to date, skipped") == len(STAGES), proc.stderr  # logged by rank 0 only
     assert {s: (out / s / "stage.json").stat().st_mtime_ns for s in STAGES} == stamps
     assert json.loads((out / "metrics.json").read_text()) == dist["metrics"]
+
+
+def test_ablate_fits_hkm_on_rank0_alone(dist, raw_slice, cfg, tmp_path):  # noqa: F811
+    """`resid ablate --distributed` on a copy of the run: FAMAE and GAOQ are reused; HKM goes
+    through the rank-0-only stage path (RunDir.stage(rank0_only=True)) and gives the one-process
+    HKM codes."""
+    from resid.io import load_embeddings, load_sids
+    from resid.quantizers import make_quantizer
+
+    out = tmp_path / "run"
+    shutil.copytree(dist["dir"], out)
+    proc = torchrun(["-m", "resid", "ablate", "--quantizer", "gaoq,hkm", "--data", str(raw_slice), "--out", str(out),
+                     "--config", str(cfg), "--quiet", "--distributed"])
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert proc.stdout.count("H(c2|c1)") == 1, proc.stdout
+    for stage in ("famae", "quantize_gaoq"):
+        assert f"stage {stage}: up to date, skipped" in proc.stderr
+    rows = json.loads((out / "ablation.json").read_text())
+    assert set(rows) == {"gaoq", "hkm"} and rows["hkm"]["report"]["collisions"] == 0
+    ids, z, _ = load_embeddings(out / "famae" / "embeddings", mmap=False)
+    hkm_ids, hkm = load_sids(out / "quantize_hkm" / "sids.parquet")
+    assert hkm_ids.tolist() == ids.tolist()
+    np.testing.assert_array_equal(hkm, make_quantizer("hkm", (4, 4), seed=0, iters=3, progress=False).fit(z))
 
 
 def _launch_two_machines(args: list[str], env: dict[str, str], timeout: float = 120) -> list[tuple[int, str]]:
