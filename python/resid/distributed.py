@@ -364,7 +364,8 @@ def on_rank0(fn: Callable[[], T]) -> T:
     wait meanwhile. If ``fn`` raises an Exception, every rank raises it (the same type and
     message), marked as raised everywhere so that :func:`report_failure` does not treat it as
     one rank's failure. For rank-0 writes followed by reads elsewhere (the return is also a
-    barrier), and for decisions every rank must share (skip a stage or not). One process: ``fn()``."""
+    barrier), and for decisions every rank must share (skip a stage or not). ``fn`` must not
+    use collectives (only rank 0 runs it). One process: ``fn()``."""
     if not is_distributed():
         return fn()
     outcome: tuple[str, Any] = ("ok", None)
