@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from resid import distributed as D
 from resid.metrics import target_ranks
 
@@ -245,8 +244,8 @@ def scenario_fit_kill(out: Path) -> dict:
 
 
 # ---- sharded GAOQ ---------------------------------------------------------------------------
-GAOQ_CASES = {"two_levels": dict(branching=(4, 3)), "three_levels": dict(branching=(3, 3, 2), anchors=(4, 2)),
-              "sampled": dict(branching=(4, 3), level1_sample=200, chunk_rows=90)}
+GAOQ_CASES = {"two_levels": {"branching": (4, 3)}, "three_levels": {"branching": (3, 3, 2), "anchors": (4, 2)},
+              "sampled": {"branching": (4, 3), "level1_sample": 200, "chunk_rows": 90}}
 
 
 def gaoq_embeddings(n: int = 500, d: int = 8) -> np.ndarray:
@@ -280,9 +279,8 @@ def generator_setup():
     """Tiny generator problem: 12 items on a cycle, 3-level SIDs, global batch 7 (odd: the
     ranks get 4 and 3 rows, loss weights 8/7 and 6/7)."""
     from generator_reference import synthetic_dataset
-    from test_decode import random_sids
-
     from resid.generator import GeneratorConfig
+    from test_decode import random_sids
 
     n = 12
     sids = random_sids(n, [3, 3, 3], seed=0)
@@ -318,11 +316,32 @@ def scenario_generator(out: Path) -> dict:
     return {}
 
 
+# ---- a resid command through the CLI, logging which rank finishes which file ---------------
+def scenario_cli(out: Path) -> dict:
+    """``resid.cli.main(sys.argv[3:])`` (e.g. ``run ... --distributed``) with every rename, the
+    way resid finishes each file and folder (``resid.io.atomic_write``, ``RunDir``), appended
+    to OUT/renames.rank{R}: which rank wrote what, and how often."""
+    log = out / f"renames.rank{os.environ['RANK']}"
+
+    def logged(orig):
+        def rename(src, dst, *args, **kwargs):
+            orig(src, dst, *args, **kwargs)
+            with open(log, "a") as f:
+                f.write(f"{os.fspath(dst)}\n")
+
+        return rename
+
+    os.replace, os.rename = logged(os.replace), logged(os.rename)
+    from resid.cli import main
+
+    raise SystemExit(main(sys.argv[3:]))
+
+
 if __name__ == "__main__":
     scenario, out_dir = sys.argv[1], Path(sys.argv[2])
     result = {"main": scenario_main, "mismatch": scenario_mismatch, "kill": scenario_kill,
               "fit": scenario_fit, "fit_kill": scenario_fit_kill, "gaoq": scenario_gaoq,
-              "generator": scenario_generator}[scenario](out_dir)
+              "generator": scenario_generator, "cli": scenario_cli}[scenario](out_dir)
     if result:
         D.rank0_write(out_dir / "result.json", lambda tmp: tmp.write_text(json.dumps(result)))
     D.shutdown()

@@ -19,16 +19,28 @@ What the helpers guarantee:
   the ranks and the keys that differ.
 - :func:`rank0_write` — only rank 0 writes (atomically); the others wait at a barrier, so
   nobody reads a half-written checkpoint.
+- :func:`on_rank0` — rank 0 does something (writes, decides) and every rank gets its result,
+  or raises its exception, so all ranks take the same path.
+- :func:`report_failure` + the failure watchdog :func:`init` starts — an exception on one rank
+  stops every rank within about a second, each naming the failing rank and its error, instead
+  of leaving them blocked until the process-group timeout.
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import hashlib
 import json
 import os
+import pickle
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -48,7 +60,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = torch.device("cpu")  # noqa: RUF009 - torch.device is immutable
     backend: str | None = None
     enabled: bool = False
 
@@ -127,6 +139,8 @@ def init(
     ctx = DistContext(rank, world, local_rank, dev, backend, True)
     global _CTX
     _CTX = ctx
+    if world > 1:
+        _start_watchdog()
     return ctx
 
 
@@ -152,8 +166,10 @@ def shutdown(barrier: bool = True) -> None:
     global _CTX
     if dist.is_available() and dist.is_initialized():
         if barrier:
-            dist.barrier()
+            dist.barrier()  # still watched: a rank failing now stops this one too
+        _stop_watchdog()  # before the group (and its store) goes away
         dist.destroy_process_group()
+    _stop_watchdog()
     _CTX = None
 
 
@@ -341,6 +357,180 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     box = [obj]
     dist.broadcast_object_list(box, src=src, device=_comm_device())
     return box[0]
+
+
+def on_rank0(fn: Callable[[], T]) -> T:
+    """Run ``fn()`` on rank 0 only and return its (picklable) result on every rank; the others
+    wait meanwhile. If ``fn`` raises an Exception, every rank raises it (the same type and
+    message), marked as raised everywhere so that :func:`report_failure` does not treat it as
+    one rank's failure. For rank-0 writes followed by reads elsewhere (the return is also a
+    barrier), and for decisions every rank must share (skip a stage or not). ``fn`` must not
+    use collectives (only rank 0 runs it). One process: ``fn()``."""
+    if not is_distributed():
+        return fn()
+    outcome: tuple[str, Any] = ("ok", None)
+    error: BaseException | None = None
+    if is_main():
+        try:
+            outcome = ("ok", fn())
+        except Exception as e:  # noqa: BLE001 - handed to every rank, re-raised below
+            error = e
+            outcome = ("error", _portable_exception(e))
+    outcome = broadcast_object(outcome)
+    if outcome[0] == "error":
+        exc = error if error is not None else outcome[1]
+        exc.resid_everywhere = True
+        raise exc
+    return outcome[1]
+
+
+def _portable_exception(e: BaseException) -> BaseException:
+    """``e`` if it survives pickling, else a RuntimeError with its type and message."""
+    try:
+        return pickle.loads(pickle.dumps(e))
+    except Exception:  # noqa: BLE001 - any pickling problem: fall back to the message
+        return RuntimeError(f"{type(e).__name__}: {e}")
+
+
+# ---- failures: an exception on one rank stops every rank -----------------------------------
+# Why not a collective: a rank that raises cannot tell the others through one, because they may
+# be blocked inside a collective it will never join (a DDP gradient all-reduce, a barrier, a
+# gather), and gloo/NCCL collectives cannot be interrupted from Python. A short monitored
+# barrier (gloo only) or an error-flag all-reduce at stage ends has the same problem. So the
+# failure travels out of band, through the process group's key-value store (the TCPStore that
+# torchrun hosts; the same object for gloo and NCCL):
+# - the failing rank (the CLI calls report_failure for any exception or non-zero exit) writes
+#   "rank R failed in <phase>: <Type>: <message>" under a key and counts itself;
+# - every rank runs a daemon thread (started by init) that polls the count every
+#   FAILURE_POLL_S; on a failure it prints "rank S stopping: rank R failed ...", acknowledges,
+#   and FAILURE_GRACE_S later ends the process with exit code 1 (os._exit: the main thread may
+#   be stuck in C++ and cannot be unwound). That is safe because resid writes every file
+#   atomically (temporary name, then rename) and keeps partial stage folders for resume;
+# - the failing rank waits (at most FAILURE_ACK_S) until every other rank has acknowledged or
+#   failed itself, so that each prints its message, then exits (code 1) within the grace
+#   period: torchrun reports it as the root cause and stops the remaining local workers.
+# A rank that dies without reporting (SIGKILL, out of memory) is still only noticed by torchrun
+# (which stops the other local workers) or, across machines, by the process-group timeout.
+FAILURE_POLL_S = 0.25
+FAILURE_ACK_S = 15.0
+FAILURE_GRACE_S = 2.0
+
+_WATCHDOG: tuple[threading.Thread, threading.Event] | None = None
+_PHASE: list[str] = []
+_REPORTED = False
+_PEER_FAILURE: str | None = None
+
+
+def _failure_keys() -> str:
+    """Key prefix, unique per torchrun restart (a restarted group must not see old failures)."""
+    run = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    return f"resid/failure/{run}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+
+
+def _store() -> Any:
+    # The default group's store (a PrefixStore over torchrun's TCPStore). Private in
+    # torch.distributed but stable since torch 1.x; the TCPStore client serialises its own
+    # requests, so polling it from the watchdog thread is safe.
+    from torch.distributed import distributed_c10d
+
+    return distributed_c10d._get_default_store()
+
+
+def _failures(store: Any, prefix: str, world: int) -> list[str]:
+    return [store.get(f"{prefix}rank{r}").decode() for r in range(world) if store.check([f"{prefix}rank{r}"])]
+
+
+def _watch(stop: threading.Event, store: Any, rank: int, world: int) -> None:
+    prefix = _failure_keys()
+    while not stop.wait(FAILURE_POLL_S):
+        try:
+            if store.add(f"{prefix}count", 0) == 0:
+                continue
+            failures = _failures(store, prefix, world)
+        except Exception:  # noqa: BLE001 - the store is gone: the group is being torn down
+            return
+        if stop.is_set():  # this rank is reporting its own failure or leaving the group
+            return
+        global _PEER_FAILURE
+        _PEER_FAILURE = "; ".join(failures)
+        print(f"resid: rank {rank} stopping: " + ("; ".join(failures) or "another rank failed"), file=sys.stderr, flush=True)
+        try:
+            store.add(f"{prefix}acks", 1)
+            time.sleep(FAILURE_GRACE_S)  # let the failing rank exit first: torchrun then names it as the root cause
+        finally:
+            os._exit(1)
+
+
+def _start_watchdog() -> None:
+    global _WATCHDOG, _REPORTED, _PEER_FAILURE
+    if _WATCHDOG is not None:
+        return
+    stop = threading.Event()
+    thread = threading.Thread(target=_watch, args=(stop, _store(), get_rank(), get_world_size()),
+                              name="resid-failure-watchdog", daemon=True)
+    thread.start()
+    _WATCHDOG, _REPORTED, _PEER_FAILURE = (thread, stop), False, None
+
+
+def _stop_watchdog() -> None:
+    global _WATCHDOG
+    if _WATCHDOG is not None:
+        thread, stop = _WATCHDOG
+        stop.set()
+        if thread is not threading.current_thread():
+            thread.join(timeout=5 * FAILURE_POLL_S)
+        _WATCHDOG = None
+
+
+atexit.register(_stop_watchdog)
+
+
+def peer_failure() -> str | None:
+    """The failure of another rank this one has been told about (then this process is about to
+    exit, and errors it raises meanwhile, e.g. "connection closed" in a collective, are only
+    consequences), else None."""
+    return _PEER_FAILURE
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Label the work inside (e.g. "stage famae"): a failure raised there is reported to the
+    other ranks as "rank R failed in stage famae: ..."."""
+    _PHASE.append(name)
+    try:
+        yield
+    except BaseException as e:
+        if not hasattr(e, "resid_phase"):
+            e.resid_phase = name  # type: ignore[attr-defined]
+        raise
+    finally:
+        _PHASE.pop()
+
+
+def report_failure(error: BaseException | str) -> None:
+    """Tell the other ranks that this one failed (no-op in one process, or when ``error`` was
+    raised on every rank by :func:`on_rank0`): they print the message below and exit with
+    code 1. Waits at most FAILURE_ACK_S for them to acknowledge. Call once, on the way out."""
+    global _REPORTED
+    if _REPORTED or not is_distributed() or getattr(error, "resid_everywhere", False):
+        return
+    _REPORTED = True
+    _stop_watchdog()  # this rank exits through its own error path, not the watchdog
+    rank, world = get_rank(), get_world_size()
+    where = getattr(error, "resid_phase", None) or (_PHASE[-1] if _PHASE else None)
+    what = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+    msg = f"rank {rank} failed" + (f" in {where}" if where else "") + f": {what}"
+    try:
+        store, prefix = _store(), _failure_keys()
+        store.set(f"{prefix}rank{rank}", msg)
+        store.add(f"{prefix}count", 1)
+        deadline = time.monotonic() + FAILURE_ACK_S
+        while time.monotonic() < deadline:
+            if store.add(f"{prefix}acks", 0) + store.add(f"{prefix}count", 0) >= world:
+                break
+            time.sleep(0.05)
+    except Exception as e:  # noqa: BLE001 - store unreachable: torchrun / the timeout stop the others
+        print(f"resid: rank {rank}: could not tell the other ranks about the failure ({e})", file=sys.stderr)
 
 
 # ---- config consistency --------------------------------------------------------------------

@@ -9,6 +9,13 @@ Every stage writes into the run folder through :class:`resid.rundir.RunDir`, so 
 interrupted run resumes where it stopped, and a finished stage is skipped when its settings
 and inputs are unchanged. Results: ``metrics.json`` (keys ``<model>.<metric>@<k>``),
 ``report.md``, ``curves.png``, ``config.json``, and each stage's own files.
+
+Under torchrun (``resid run --distributed``, or auto-detected) every rank runs every stage:
+training stages are DDP (``resid.training.fit``, ``resid.generator_train.train``), evaluation
+splits users across ranks (exact), GAOQ is sharded by parent (``resid.gaoq_dist``, the same
+SIDs as one process); HKM / RQ-KMeans and the text encoder run on rank 0 while the others wait.
+Only rank 0 writes the run folder (see :class:`resid.rundir.RunDir`), and every rank reads a
+stage's outputs only after rank 0 finished them. See docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -21,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from resid import distributed as D
 from resid.io import load_embeddings, load_sids, save_sids, write_json
-from resid.rundir import RunDir
 from resid.runconfig import fingerprint, paper_branching
+from resid.rundir import RunDir
 
 log = logging.getLogger("resid.run")
 
@@ -49,10 +57,22 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists, as rank 0 sees it (every rank must take the same resume decision)."""
+    return D.on_rank0(path.exists)
+
+
 class Pipeline:
-    def __init__(self, config: dict[str, Any], out: str | Path, force: bool = False, progress: bool = True) -> None:
+    def __init__(self, config: dict[str, Any], out: str | Path, force: bool = False, progress: bool = True,
+                 distributed: bool | None = None) -> None:
+        """``distributed``: True requires a torchrun environment, None joins one if present
+        (as every resid command does), False stays a single process."""
         self.cfg = config
-        self.device = resolve_device(str(config.get("device", "auto")))
+        device = resolve_device(str(config.get("device", "auto")))
+        D.init(distributed=distributed, device=device)
+        # Under torchrun each rank works on its own GPU ("cuda" -> "cuda:LOCAL_RANK").
+        self.device = str(D.training_device(device)) if D.is_distributed() else device
+        D.check_config(config, "run config")
         self.seed = int(config.get("seed", 0))
         self.progress = progress
         self.run = RunDir(out, config, force=force)
@@ -63,12 +83,15 @@ class Pipeline:
 
     # ---- stages ----------------------------------------------------------------------
     def dataset(self) -> Any:
-        from resid.data import open_dataset
+        from resid.data import load_prepared, open_dataset
 
         spec = self.cfg["data"]["spec"]
         extra = {k: v for k, v in self.cfg["data"].items() if k != "spec"}
-        ds = open_dataset(spec, cache_dir=self.run.root / "prepared", **extra)
+        # Rank 0 prepares raw data into the run folder; every rank then opens that same copy.
+        path = D.on_rank0(lambda: str(open_dataset(spec, cache_dir=self.run.root / "prepared", **extra).path))
+        ds = load_prepared(path)
         self.data_fp = fingerprint(ds.name, ds.stats, ds.num_items, ds.num_users)
+        D.check_config({"dataset": self.data_fp}, "prepared dataset")
         return ds
 
     def famae(self, ds: Any) -> Path:
@@ -80,11 +103,12 @@ class Pipeline:
         def work(d: Path) -> dict[str, Any]:
             cfg = _dataclass_from(FAMAEConfig, sec, "famae", seed=self.seed, device=self.device, progress=self.progress)
             model = FAMAE(cfg)
-            res = model.fit(ds, d / "checkpoint", resume=(d / "checkpoint").exists())
-            metrics = {"valid": model.evaluate(ds, "valid"), "test": model.evaluate(ds, "test")}
-            model.export(ds, d / "embeddings")
-            write_json(d / "metrics.json", metrics)
-            write_json(d / "history.json", res.history)
+            res = model.fit(ds, d / "checkpoint", resume=_exists(d / "checkpoint"))  # DDP under torchrun
+            metrics = {"valid": model.evaluate(ds, "valid"), "test": model.evaluate(ds, "test")}  # collective
+            if D.is_main():
+                model.export(ds, d / "embeddings")
+                write_json(d / "metrics.json", metrics)
+                write_json(d / "history.json", res.history)
             return {"best_epoch": res.best_epoch}
 
         return self.run.stage("famae", fp, work)
@@ -101,15 +125,18 @@ class Pipeline:
             ids, z, _ = load_embeddings(emb_dir, mmap=False)
             branching = self._branching(ds, len(ids))
             split = ds.split("test")  # for the history/target code overlap diagnostic
+            # Under torchrun GAOQ is sharded by parent across ranks (resid.gaoq_dist.fit_sharded:
+            # the same SIDs as one process); the other methods run on rank 0 alone (rank0_only).
             q, codes, report = quantize(np.asarray(z, dtype=np.float32), method, branching, int(sec.get("iters", 20)),
-                                        self.seed, split.histories, split.targets, progress=self.progress)
-            save_sids(d / "sids.parquet", ids, codes)
-            q.save(d / "quantizer.npz")
-            write_json(d / "quantize_report.json", report)
-            plot_report(codes, report, d / "quantize_report.png", title=f"{name}: {method}")
+                                        self.seed, split.histories, split.targets, progress=self.progress and D.is_main())
+            if D.is_main():
+                save_sids(d / "sids.parquet", ids, codes)
+                q.save(d / "quantizer.npz")
+                write_json(d / "quantize_report.json", report)
+                plot_report(codes, report, d / "quantize_report.png", title=f"{name}: {method}")
             return {"method": method, "branching": list(branching) if branching else "auto", "levels": int(codes.shape[1])}
 
-        return self.run.stage(name, fp, work)
+        return self.run.stage(name, fp, work, rank0_only=method != "gaoq")
 
     def _branching(self, ds: Any, n: int) -> tuple[int, ...] | None:
         b = self.cfg["quantizer"].get("branching", "auto")
@@ -138,13 +165,14 @@ class Pipeline:
             cfg = _dataclass_from(GeneratorConfig, {**sec, "beam": eval_beam}, "generator", seed=self.seed)
             cfg.codes_per_level = [int(c) + 1 for c in sids.max(axis=0)]
             ckpt = d / "checkpoint"
-            res = train(ds, sids, ckpt, cfg, device=self.device, resume=(ckpt / "train_state.pt").exists(),
-                        valid_users=valid_users, progress=self.progress)
+            res = train(ds, sids, ckpt, cfg, device=self.device, resume=_exists(ckpt / "train_state.pt"),
+                        valid_users=valid_users, progress=self.progress)  # DDP under torchrun
             model, _ = load_checkpoint(ckpt, device=self.device)
             full_beam = int(self.cfg["generator"].get("beam", 50))
-            test = evaluate(model, ds, sids, "test", beam=full_beam, device=self.device, progress=self.progress)
-            write_json(d / "metrics.json", {"valid_best": res["best"], "test": test, "beam": full_beam})
-            write_json(d / "history.json", res["history"])
+            test = evaluate(model, ds, sids, "test", beam=full_beam, device=self.device, progress=self.progress)  # collective
+            if D.is_main():
+                write_json(d / "metrics.json", {"valid_best": res["best"], "test": test, "beam": full_beam})
+                write_json(d / "history.json", res["history"])
             return {"best_epoch": res["best_epoch"]}
 
         return self.run.stage(name, fp, work)
@@ -160,9 +188,11 @@ class Pipeline:
             cfg = _dataclass_from(SASRecConfig, {**sec, "with_fields": with_fields}, "sasrec", seed=self.seed,
                                   device=self.device, progress=self.progress)
             model = SASRec(cfg)
-            res = model.fit(ds, d / "checkpoint", resume=(d / "checkpoint").exists())
-            write_json(d / "metrics.json", {"test": model.evaluate(ds, "test")})
-            write_json(d / "history.json", res.history)
+            res = model.fit(ds, d / "checkpoint", resume=_exists(d / "checkpoint"))  # DDP under torchrun
+            test = model.evaluate(ds, "test")  # collective
+            if D.is_main():
+                write_json(d / "metrics.json", {"test": test})
+                write_json(d / "history.json", res.history)
             return {"best_epoch": res.best_epoch}
 
         return self.run.stage(name, fp, work)
@@ -184,7 +214,8 @@ class Pipeline:
                 res = embed_text(ds, d / "embeddings", progress=self.progress, **opts)
                 return {"encoder": res.encoder_name, "fallback_items": res.n_fallback}
 
-            return self.run.stage("text_embeddings", fp, work)
+            # The encoder runs on rank 0 alone; a missing encoder is then raised on every rank.
+            return self.run.stage("text_embeddings", fp, work, rank0_only=True)
         except TextEncoderMissing as e:
             if enabled == "auto":
                 self.notes.append(f"tiger / resid-text rows: skipped, no sentence encoder installed ({e})")
@@ -211,7 +242,7 @@ class Pipeline:
 
         from resid.baselines.popularity import popularity_metrics
 
-        for k, v in popularity_metrics(ds, "test").items():
+        for k, v in popularity_metrics(ds, "test").items():  # collective under torchrun (users split)
             self.metrics[f"popularity.{k}"] = float(v)
 
         text = self.text_embeddings(ds)
@@ -240,7 +271,7 @@ class Pipeline:
             g = self.generator(f"generator_{method}", ds, q)
             out[method] = {"metrics": json.loads((g / "metrics.json").read_text())["test"],
                            "report": json.loads((q / "quantize_report.json").read_text())}
-        write_json(self.run.root / "ablation.json", out)
+        D.on_rank0(lambda: write_json(self.run.root / "ablation.json", out))
         return out
 
     # ---- results -----------------------------------------------------------------------------
@@ -255,6 +286,9 @@ class Pipeline:
             self.curves[name] = json.loads(path.read_text())
 
     def _finish(self, ds: Any, seconds: float) -> None:
+        D.on_rank0(lambda: self._write_results(ds, seconds))  # every rank has the same metrics; rank 0 writes
+
+    def _write_results(self, ds: Any, seconds: float) -> None:
         from resid.report import plot_curves, write_report
 
         root = self.run.root

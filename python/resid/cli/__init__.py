@@ -27,22 +27,40 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # under torchrun: tells the other ranks when this one fails
+    from resid import distributed
+
     ok = False
     try:
         rc = int(args.func(args) or 0)
         ok = rc == 0
+        if not ok:
+            distributed.report_failure(f"resid {args.command} exited with code {rc}")
         return rc
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        # User-facing errors: one clear line, no traceback. Bugs (other types) still trace.
-        print(f"resid {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"resid {args.command}: interrupted; finished outputs are kept, partial ones were not written", file=sys.stderr)
-        return 130
+    except BaseException as e:
+        if distributed.peer_failure() is not None:
+            return 1  # a consequence of another rank's failure, which was printed above
+        if isinstance(e, (ValueError, FileNotFoundError, FileExistsError, RuntimeError)):
+            # User-facing errors: one clear line, no traceback. Bugs (other types) still trace.
+            print(f"{_who(args.command)}: error: {e}", file=sys.stderr)
+            distributed.report_failure(e)
+            return 1
+        if isinstance(e, KeyboardInterrupt):
+            print(f"{_who(args.command)}: interrupted; finished outputs are kept, partial ones were not written", file=sys.stderr)
+            distributed.report_failure(e)
+            return 130
+        if not (isinstance(e, SystemExit) and e.code in (0, None)):
+            distributed.report_failure(e)  # first stop the other ranks, then the traceback
+        raise
     finally:
-        from resid import distributed  # leave the torchrun process group, if a command joined one
+        distributed.shutdown(barrier=ok)  # leave the torchrun process group, if a command joined one
 
-        distributed.shutdown(barrier=ok)
+
+def _who(command: str) -> str:
+    """The prefix of error lines: "resid CMD", plus the rank under torchrun (every rank prints its own)."""
+    from resid import distributed
+
+    return f"resid {command} (rank {distributed.get_rank()})" if distributed.is_distributed() else f"resid {command}"
 
 
 if __name__ == "__main__":

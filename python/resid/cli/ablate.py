@@ -17,18 +17,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--force", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--distributed", action="store_true",
+                   help="run across the processes torchrun started (auto-detected under torchrun), as `resid run --distributed`")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from resid import distributed as D
     from resid.cli.run import cli_overrides
     from resid.pipeline import Pipeline, format_ablation
     from resid.runconfig import build_config
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     cfg = build_config(args.preset, args.config, cli_overrides(args))
     methods = [m.strip() for m in args.quantizer.split(",") if m.strip()]
-    rows = Pipeline(cfg, args.out, force=args.force, progress=not args.quiet).ablate(methods)
+    pipe = Pipeline(cfg, args.out, force=args.force, progress=not args.quiet, distributed=True if args.distributed else None)
+    logging.basicConfig(level=logging.INFO if D.is_main() else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    rows = pipe.ablate(methods)
+    if not D.is_main():
+        return 0
     print(format_ablation(rows))
     print(f"\nwritten: {args.out}/ablation.json")
     return 0

@@ -17,6 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed for every stage (default 0)")
     p.add_argument("--force", action="store_true", help="reuse --out even if it holds a run with other settings (stages that changed are redone)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--distributed", action="store_true",
+                   help="run every stage across the processes torchrun started (auto-detected under torchrun): DDP "
+                        "training, users split for evaluation, sharded GAOQ; rank 0 writes the run folder and prints "
+                        "the table (see docs/distributed.md)")
     p.set_defaults(func=run)
 
 
@@ -35,14 +39,17 @@ def cli_overrides(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from resid import distributed as D
     from resid.pipeline import Pipeline, format_table
     from resid.runconfig import build_config
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     preset = args.preset or ("paper" if torch.cuda.is_available() and args.device != "cpu" else "quick")
     cfg = build_config(preset, args.config, cli_overrides(args))
-    pipe = Pipeline(cfg, args.out, force=args.force, progress=not args.quiet)
-    metrics = pipe.run_all()
+    pipe = Pipeline(cfg, args.out, force=args.force, progress=not args.quiet, distributed=True if args.distributed else None)
+    logging.basicConfig(level=logging.INFO if D.is_main() else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    metrics = pipe.run_all()  # collective under torchrun: every rank gets the same metrics
+    if not D.is_main():
+        return 0
     print(format_table(metrics))
     for note in pipe.notes:
         print(f"note: {note}")
