@@ -60,7 +60,8 @@ def main() -> None:
     print(json.dumps({**cfg, "tool": "train_samples", "samples": len(fast), "seconds": round(t_fast, 3), "correct": same}))
     print(json.dumps({**cfg, "tool": "train_samples_loop", "samples": len(ref), "seconds": round(t_loop, 3), "correct": same}))
     t = time.perf_counter()
-    v, te = ds.split("valid", a.max_len), ds.split("test", a.max_len)
+    ds.split("valid", a.max_len)
+    te = ds.split("test", a.max_len)
     ok = bool((te.targets == np.asarray(ds.seq_items)[np.asarray(ds.seq_offsets)[1:] - 1]).all())
     print(json.dumps({**cfg, "tool": "split_valid_test", "seconds": round(time.perf_counter() - t, 3), "correct": ok}))
 

@@ -345,3 +345,4 @@ if __name__ == "__main__":
     if result:
         D.rank0_write(out_dir / "result.json", lambda tmp: tmp.write_text(json.dumps(result)))
     D.shutdown()
+    D.exit_worker(0)  # as the CLI does: no interpreter finalization under torchrun

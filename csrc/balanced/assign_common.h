@@ -9,11 +9,14 @@
 //     once full, costs its lowest held bid; before that it costs its reserve price.
 //   * An unassigned point bids for its best candidate k1 (cost d + price), raising the
 //     price by (second best - best) + eps; a full cluster evicts its lowest bidder.
-//   * Epsilon scaling: eps from scale/8 (warm: price0 from a previous solve) or the
-//     candidate distance spread / 4 (cold: price0 zero or a sampled estimate)
-//     down by 8x per phase to scale/512 (scale = mean nearest-candidate distance); each
-//     phase restarts the assignment with the previous phase's prices as reserves.
-//     The final phase is eps-optimal: cost <= optimum + n*eps (about 0.2%).
+//   * Epsilon scaling: eps from the candidate distance spread / 4 down by 8x per phase to
+//     scale / eps_div (scale = mean nearest-candidate distance; eps_div 512 by default, 8 for
+//     the intermediate Lloyd iterations). Each phase takes the previous phase's prices as
+//     reserves and keeps every point whose cluster still satisfies eps-CS at the new eps (it
+//     holds the bid it would make now); only the others bid. A warm start (labels and prices
+//     of the previous Lloyd iteration) keeps points the same way from the first phase and
+//     starts at scale/8 when fewer than n/10 points violate eps-CS there (else wide).
+//     The final phase is eps-optimal: cost <= optimum + n*eps (about 0.2% at eps_div 512).
 //   * Candidates are the m clusters with the smallest d + price0. Prices never fall (until
 //     the clean-up rounds below), so every other cluster costs at least the m-th candidate's
 //     d + price0 (bound[i]), the outside option in each bid. When a point's best candidate
@@ -41,10 +44,9 @@ namespace balanced_detail {
 constexpr float kInf = 3.0e38f;
 constexpr int32_t kUnassigned = -1;
 constexpr int32_t kFallback = -2;
-#ifndef RESID_WARM_VDIV
-#define RESID_WARM_VDIV 10
-#endif
-constexpr int64_t kWarmViolatorsDiv = RESID_WARM_VDIV;
+// A warm start refines from scale/8 when fewer than n / kWarmViolatorsDiv points violate
+// eps-CS at that eps, else it starts wide like a cold solve.
+constexpr int64_t kWarmViolatorsDiv = 10;
 
 // Round-to-nearest mul/add without FMA contraction, so both twins sum identically.
 RESID_HD inline float fmul(float a, float b) {
@@ -283,8 +285,8 @@ RESID_HD inline bool keeps_cs(const BalancedAssignArgs& a, const Segment& sg, in
 
 // One auction phase at the given eps with a.price as reserve prices. Without `keep` every
 // point starts unassigned; with it, a point whose label (local, in a.labels) still satisfies
-// eps-CS keeps its cluster, held at the reserve price (so it is the first evicted), and only
-// the others bid: after a phase at 8x the eps, or a Lloyd step that moved centroids a little,
+// eps-CS keeps its cluster, holding the bid it would make now (keeps_cs), and only the
+// others bid: after a phase at 8x the eps, or a Lloyd step that moved centroids a little,
 // most points keep their cluster, where a restart would have every point bid again.
 RESID_HD inline void auction_phase(const BalancedAssignArgs& a, const Segment& sg, float eps,
                                    float scale, bool complete, bool any_dropped, float base,
@@ -297,8 +299,9 @@ RESID_HD inline void auction_phase(const BalancedAssignArgs& a, const Segment& s
   int64_t top = 0;
   for (int64_t i = sg.n - 1; i >= 0; --i) {
     const int64_t c = keep ? a.labels[sg.n0 + i] : kUnassigned;
-    // Kept bids equal the reserve, so placing them changes no price: the checks of later
-    // points see the same prices whatever the order.
+    // Kept points are placed in a fixed order (descending index) holding the bid they would
+    // make now; a cluster they fill costs its lowest held bid from then on, which keeps
+    // eps-CS for the holders (each holder's bid stays within eps of its best other option).
     float bid = 0.f;
     if (c >= 0 && c < sg.K && !is_full(a, sg.k0 + c) &&
         keeps_cs(a, sg, sg.n0 + i, c, eps, scale, complete, any_dropped, base, &bid)) {
@@ -431,8 +434,8 @@ RESID_HD inline void resolve_segment(const BalancedAssignArgs& a, int64_t s) {
   const float eps_final = scale / a.eps_div;
   // Cold start (price0 = 0 or a sampled estimate): begin with eps near the price range, or
   // the auction fights long "price wars" of eps-sized steps. Warm start (a.labels holds the
-  // previous solve's labels, price0 its prices): keep every point that still satisfies
-  // eps-CS and begin at kWarmEpsDiv.
+  // previous solve's labels, price0 its prices): every phase keeps the points that still
+  // satisfy eps-CS. Every later phase also keeps the previous phase's eps-CS points.
   bool keep = false;
   float eps = scale / 8.f;
   if (a.warm) {

@@ -162,16 +162,16 @@ def beam_search(
         tokens = torch.full((B,), BOS, dtype=torch.int64, device=dev)  # one root beam per user
         w = 1
         base = torch.arange(B, device=dev).unsqueeze(1)
-        for level, (off, size) in enumerate(zip(vocab.offsets, vocab.codes_per_level)):
-            if level > 0:
-                dec.reorder((base * w + parents.clamp(min=0)).reshape(-1))
-                w = W
-                tokens = (codes.clamp(min=0) + off_prev).reshape(-1)
+        levels = list(zip(vocab.offsets, vocab.codes_per_level))
+        for level, (off, size) in enumerate(levels):
             lp = dec.level_log_probs(dec.step(tokens, level), off, size).view(B, w, size)
             if w < W:  # the root beam sits in slot 0; the other slots are dead (-inf scores)
                 lp = torch.cat([lp, lp.new_zeros(B, W - w, size)], dim=1)
             scores, nodes, parents, codes = step(lp.contiguous(), scores, nodes, trie)
-            off_prev = off
+            if level + 1 < len(levels):  # next input: each beam's chosen code, cache of its parent
+                dec.reorder((base * w + parents.clamp(min=0)).reshape(-1))
+                w = W
+                tokens = (codes.clamp(min=0) + off).reshape(-1)
         live = torch.isfinite(scores)
         items = trie.items(torch.where(live, nodes, torch.zeros_like(nodes)))  # padded slots -> root -> -1
         items = torch.where(live, items, torch.full_like(items, -1))

@@ -36,24 +36,28 @@ def main(argv: list[str] | None = None) -> int:
         ok = rc == 0
         if not ok:
             distributed.report_failure(f"resid {args.command} exited with code {rc}")
-        return rc
     except BaseException as e:
         if distributed.peer_failure() is not None:
-            return 1  # a consequence of another rank's failure, which was printed above
-        if isinstance(e, (ValueError, FileNotFoundError, FileExistsError, RuntimeError)):
+            rc = 1  # a consequence of another rank's failure, which was printed above
+        elif isinstance(e, (ValueError, FileNotFoundError, FileExistsError, RuntimeError)):
             # User-facing errors: one clear line, no traceback. Bugs (other types) still trace.
             print(f"{_who(args.command)}: error: {e}", file=sys.stderr)
             distributed.report_failure(e)
-            return 1
-        if isinstance(e, KeyboardInterrupt):
+            rc = 1
+        elif isinstance(e, KeyboardInterrupt):
             print(f"{_who(args.command)}: interrupted; finished outputs are kept, partial ones were not written", file=sys.stderr)
             distributed.report_failure(e)
-            return 130
-        if not (isinstance(e, SystemExit) and e.code in (0, None)):
-            distributed.report_failure(e)  # first stop the other ranks, then the traceback
-        raise
-    finally:
-        distributed.shutdown(barrier=ok)  # leave the torchrun process group, if a command joined one
+            rc = 130
+        else:
+            if not (isinstance(e, SystemExit) and e.code in (0, None)):
+                distributed.report_failure(e)  # first stop the other ranks, then the traceback
+            distributed.shutdown(barrier=False)
+            raise
+    joined = distributed.is_distributed()
+    distributed.shutdown(barrier=ok)  # leave the torchrun process group, if a command joined one
+    if joined:
+        distributed.exit_worker(rc)
+    return rc
 
 
 def _who(command: str) -> str:
