@@ -130,8 +130,9 @@ def balanced_kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> 
     """Balanced k-means of x into k clusters of sizes ceil(N/k) or floor(N/k).
 
     x: [N, d] float32 (bf16/fp16 also on CUDA; computed in float32); 1 <= k <= N; iters >= 0
-    Lloyd iterations (each: balanced assignment, then centroid = mean of its rows); the final
-    labels are a balanced assignment to the returned centroids.
+    Lloyd iterations (each: balanced assignment, then centroid = mean of its rows; fewer when
+    an assignment changes no label, a fixed point); the final labels are a balanced
+    assignment to the returned centroids (see ``lloyd`` for the eps schedule).
     Returns BalancedKMeans(centroids [k, d] float32, labels [N] int64).
     """
     fn = "balanced_kmeans"
