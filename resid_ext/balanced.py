@@ -59,6 +59,8 @@ FINE_EPS_DIV = 512.0
 #: Final eps of the intermediate Lloyd iterations of balanced k-means (their assignments only
 #: move centroids; the last iteration uses FINE_EPS_DIV): two eps phases fewer per solve.
 COARSE_EPS_DIV = 8.0
+#: Final eps of the first half of the Lloyd iterations (centroids still move far): one phase.
+ROUGH_EPS_DIV = 2.0
 
 #: Candidate clusters kept per point (the whole list when K <= this).
 DEFAULT_CANDIDATES = 32

@@ -21,6 +21,7 @@ from resid_ext import _validate as V
 from resid_ext.balanced import (
     COARSE_EPS_DIV,
     FINE_EPS_DIV,
+    ROUGH_EPS_DIV,
     _solve,
     default_capacity,
     solve_threads,
@@ -169,22 +170,31 @@ def lloyd(
     the layout of ``_solve``. Returns (centroids, labels), labels a balanced assignment to them.
 
     The first solve is cold; each later one warm-starts from the previous labels and prices
-    (a Lloyd step moves centroids little, so most points keep their cluster). Solves run at
-    the coarse eps (they only move centroids) until the labels stop changing or the last
-    FINE_TAIL solves, then at the fine eps; a fine solve that changes no label is a fixed
+    (a Lloyd step moves centroids little, so most points keep their cluster). Solves only move
+    centroids until the last FINE_TAIL, so they stop early: the first half at ROUGH_EPS_DIV,
+    then COARSE_EPS_DIV (measured at 100k x 128, K=256, 20 iterations: 25 s with every early
+    solve at the coarse eps, 20 s with the rough first half, final cost -0.9%; within +-0.3%
+    on two other data seeds). Once the labels stop changing (one problem only), or for the last
+    FINE_TAIL solves, they run at the fine eps; a fine solve that changes no label is a fixed
     point (the centroids are already the means of the labels), so the run stops there.
     """
     fine_from = iters + 1 - FINE_TAIL  # index of the first solve that is fine in any case
     fine = fine_from <= 0
-    labels, prices = _solve(fn, x, offsets, centroids, centroid_offsets, capacity,
-                            eps_div=FINE_EPS_DIV if fine else COARSE_EPS_DIV)
+    single = offsets.numel() == 2
+
+    def eps_div(it: int) -> float:
+        return FINE_EPS_DIV if fine else ROUGH_EPS_DIV if it < iters // 2 else COARSE_EPS_DIV
+
+    labels, prices = _solve(fn, x, offsets, centroids, centroid_offsets, capacity, eps_div=eps_div(0))
     for it in range(1, iters + 1):
         if centroids.shape[0] > 0:
             centroids = _update(x, labels, centroids)
         fine = fine or it >= fine_from
         new, prices = _solve(fn, x, offsets, centroids, centroid_offsets, capacity, prices,
-                             init_labels=labels, eps_div=FINE_EPS_DIV if fine else COARSE_EPS_DIV)
-        unchanged = torch.equal(new, labels)
+                             init_labels=labels, eps_div=eps_div(it))
+        # One problem only: with several segments a global "no label changed" would depend on
+        # which segments share the call (sharded GAOQ must give one process's SIDs).
+        unchanged = single and torch.equal(new, labels)
         labels = new
         if unchanged and fine:
             break
