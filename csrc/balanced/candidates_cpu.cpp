@@ -15,6 +15,7 @@ namespace resid {
 void select_candidates_cpu(const float* part, int64_t t, int64_t K, const float* xn, const float* p0, int64_t m,
                            int32_t* cand_idx, float* cand_dist, int64_t ld, float* cache, int64_t cache_rows) {
   const int64_t mk = std::min(m, K);
+  if (mk <= 0) return;
 #ifdef RESID_WITH_OPENMP
 #pragma omp parallel if (t * K >= (1 << 16))
 #endif
