@@ -249,6 +249,16 @@ RESID_HD inline void refresh_list(const BalancedAssignArgs& a, const Segment& sg
   a.exact[row] = 1;
 }
 
+// The bid of a point for the cluster that costs it `best` (distance + price p) when its best
+// other option costs `other`: p + (other - best) + eps, at least one ulp above p. other = kInf
+// (a single usable cluster): any positive margin, here scale.
+RESID_HD inline float auction_bid(float p, float best, float other, float eps, float scale) {
+  if (other >= kInf) other = fadd(best, scale);
+  const float b = fadd(fadd(p, other - best), eps);
+  const float up = nextafterf(p, kInf);
+  return b < up ? up : b;
+}
+
 // Whether point row (global) may keep cluster c (local) at the start of a phase: c costs at
 // most eps more than its best option at the current prices (eps-complementary slackness).
 // Refreshes a stale list first. A cluster outside the point's list counts as a violation
@@ -273,11 +283,7 @@ RESID_HD inline bool keeps_cs(const BalancedAssignArgs& a, const Segment& sg, in
     const float p = a.cur_price[sg.k0 + c];
     const float wc = fadd(cd[j], p);
     if (wc > fadd(w1, eps)) return false;
-    float other = k1 == c ? w2 : w1;  // best option other than c
-    if (other >= kInf) other = fadd(wc, scale);
-    float b = fadd(fadd(p, other - wc), eps);
-    const float up = nextafterf(p, kInf);
-    *bid = b < up ? up : b;
+    *bid = auction_bid(p, wc, k1 == c ? w2 : w1, eps, scale);  // margin over its best other option
     return true;
   }
   return false;
@@ -334,12 +340,7 @@ RESID_HD inline void auction_phase(const BalancedAssignArgs& a, const Segment& s
       a.labels[sg.n0 + i] = kFallback;  // unreachable when sum(capacity) >= n
       continue;
     }
-    if (w2 >= kInf) w2 = fadd(w1, scale);  // a single usable cluster: any positive margin
-    const float p = a.cur_price[sg.k0 + k1];
-    float bid = fadd(fadd(p, w2 - w1), eps);
-    const float up = nextafterf(p, kInf);
-    if (bid < up) bid = up;
-    const int32_t ev = place(a, sg, i, k1, bid);
+    const int32_t ev = place(a, sg, i, k1, auction_bid(a.cur_price[sg.k0 + k1], w1, w2, eps, scale));
     if (ev >= 0) {
       a.labels[sg.n0 + ev] = kUnassigned;
       stack[top++] = ev;
