@@ -7,18 +7,10 @@ import math
 import numpy as np
 import pytest
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Inputs here are tiny: torch's thread pool only adds overhead (and stalls on a busy machine)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 from resid.diagnostics import history_target_overlap, plot_report, quantizer_report, within_code_cosine
+
+# Inputs here are tiny: torch's thread pool only adds overhead (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # 4 items in 2-D with codes (c1, c2); rows 2 and 3 share a full SID (one collision).
 CODES = np.array([[0, 0], [0, 1], [1, 0], [1, 0]])

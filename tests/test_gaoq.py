@@ -4,19 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Inputs here are tiny: torch's thread pool only adds overhead (and stalls on a busy machine)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 from resid.anchors import make_anchors, max_coherence, welch_bound
 from resid.gaoq import GAOQ, auto_branching, fingerprint
+
+# Inputs here are tiny: torch's thread pool only adds overhead (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random(n: int = 403, d: int = 32, seed: int = 0) -> np.ndarray:

@@ -4,19 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Inputs here are tiny: torch's thread pool only adds overhead (and stalls on a busy machine)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 from resid.gaoq import GAOQ
 from resid.quantizers import HKM, RQKMeans, _dedup, load_quantizer, make_quantizer
+
+# Inputs here are tiny: torch's thread pool only adds overhead (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random(n: int = 301, d: int = 16, seed: int = 0) -> np.ndarray:
