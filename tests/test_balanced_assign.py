@@ -297,3 +297,30 @@ def test_cuda_tensor_without_usable_gpu_is_a_clear_runtime_error():
         pytest.skip("a usable GPU is present")
     with pytest.raises(RuntimeError, match="balanced_assign: got tensors on cuda"):
         _device.require_cuda_kernels("balanced_assign", torch.device("cuda"))
+
+
+@pytest.mark.parametrize("k,m", [(1, 1), (40, 32), (128, 32), (256, 32), (256, 8), (1000, 16), (300, 1)])
+def test_select_candidates_cpu_matches_sorted_reference(k, m):
+    # The fused selection (group-minimum filter + histogram select, candidates_cpu.cpp)
+    # against a stable sort: the min(m, K) smallest of each row, ties to the lower index,
+    # in index order, exact distance = value - p0 + ||x||^2 clamped at 0. Rounded values
+    # make ties common; a few rows are constant.
+    from resid_ext import _C
+
+    g = _gen(k + m)
+    t = 97
+    part = (torch.randn(t, k, generator=g) * 4).round() / 4
+    part[5] = 1.5
+    part[6, : k // 2] = -3.0
+    xn = torch.rand(t, generator=g) * 10
+    p0 = torch.rand(k, generator=g)
+    mk = min(m, k)
+    ci = torch.full((t, m), -7, dtype=torch.int32)
+    cd = torch.full((t, m), -7.0)
+    _C.select_candidates_cpu(part.data_ptr(), t, k, xn.data_ptr(), p0.data_ptr(), m, ci.data_ptr(), cd.data_ptr(),
+                             m, 0, 0)
+    want = torch.sort(torch.argsort(part, dim=1, stable=True)[:, :mk], dim=1).values
+    assert torch.equal(ci[:, :mk].long(), want)
+    dist = (part.gather(1, want) - p0[want] + xn[:, None]).clamp(min=0)
+    assert torch.equal(cd[:, :mk], dist)
+    assert bool((ci[:, mk:] == -7).all())  # slots past min(m, K) untouched

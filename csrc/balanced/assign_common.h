@@ -211,8 +211,89 @@ RESID_HD inline int32_t place(const BalancedAssignArgs& a, const Segment& sg, in
   return evicted;
 }
 
-// Refresh point row's list: the min(m, K) clusters of smallest d + current price, ascending
-// (ties: lower index), exact distances; bound[row] becomes the largest kept d + price.
+// Rank of value v in a histogram of kHistBuckets buckets over [lo, lo + kHistBuckets / scale]:
+// monotone in v (subtracting lo and scaling by a positive constant are), so an entry in a
+// lower bucket is strictly smaller than any entry in a higher one.
+constexpr int kHistBuckets = 64;
+RESID_HD inline int hist_bucket(float v, float lo, float scale) {
+  const int b = static_cast<int>(fmul(v - lo, scale));
+  return b < kHistBuckets - 1 ? b : kHistBuckets - 1;
+}
+
+// The min(m, K) smallest w[c] = cache[c] + price[c] (ties: lower index) into ci / cw, in no
+// particular order; returns the largest kept w. Three branch-light passes over the row
+// instead of a sorted insertion (K * m compares in the worst case, mispredicted branches
+// in every case): (1) the row split into mk interleaved groups; the largest group minimum
+// t0 bounds the mk-th smallest from above (the group minima are mk distinct entries <= t0);
+// (2) a histogram of the entries <= t0 finds the bucket holding the mk-th smallest;
+// (3) entries of lower buckets are kept outright, those of that bucket by a sorted
+// insertion of at most its few entries. cw[0..mk) doubles as the group-minimum scratch.
+RESID_HD inline float select_cached(const float* cache, const float* price, int64_t K, int64_t mk,
+                                    int32_t* ci, float* cw) {
+  float lo = kInf, t0 = -kInf;
+  if (K >= 4 * mk) {
+    for (int64_t j = 0; j < mk; ++j) cw[j] = fadd(cache[j], price[j]);
+    int64_t c0 = mk;
+    for (; c0 + mk <= K; c0 += mk) {  // whole groups: a loop the compiler vectorises
+      for (int64_t j = 0; j < mk; ++j) {
+        const float w = fadd(cache[c0 + j], price[c0 + j]);
+        cw[j] = w < cw[j] ? w : cw[j];
+      }
+    }
+    for (int64_t j = 0; c0 + j < K; ++j) {
+      const float w = fadd(cache[c0 + j], price[c0 + j]);
+      cw[j] = w < cw[j] ? w : cw[j];
+    }
+    for (int64_t j = 0; j < mk; ++j) {
+      lo = cw[j] < lo ? cw[j] : lo;
+      t0 = cw[j] > t0 ? cw[j] : t0;
+    }
+  } else {
+    for (int64_t c = 0; c < K; ++c) {
+      const float w = fadd(cache[c], price[c]);
+      lo = w < lo ? w : lo;
+      t0 = w > t0 ? w : t0;
+    }
+  }
+  const float scale = static_cast<float>(kHistBuckets) / (t0 - lo);
+  // Entries above t0 go to the spare last bucket, so the loop has no branch.
+  int32_t hist[kHistBuckets + 1];
+  for (int b = 0; b <= kHistBuckets; ++b) hist[b] = 0;
+  const bool spread = t0 > lo && scale < kInf;  // else every kept entry shares bucket 0
+  for (int64_t c = 0; c < K; ++c) {
+    const float w = fadd(cache[c], price[c]);
+    hist[w > t0 ? kHistBuckets : spread ? hist_bucket(w, lo, scale) : 0] += 1;
+  }
+  int64_t below = 0;
+  int bk = 0;
+  while (below + hist[bk] < mk) below += hist[bk++];
+  const int64_t r = mk - below;  // entries taken from bucket bk, the smallest by (w, index)
+  int64_t out = 0, tail = 0;
+  for (int64_t c = 0; c < K; ++c) {
+    const float w = fadd(cache[c], price[c]);
+    if (w > t0) continue;
+    const int b = spread ? hist_bucket(w, lo, scale) : 0;
+    if (b < bk) {
+      ci[out] = static_cast<int32_t>(c);
+      cw[out++] = w;
+    } else if (b == bk) {
+      // Sorted insertion into cw[below..below + r) (c ascends, so ties keep the lower index).
+      if (tail == r && !(w < cw[below + r - 1])) continue;
+      int64_t pos = tail < r ? below + tail++ : below + r - 1;
+      while (pos > below && w < cw[pos - 1]) {
+        cw[pos] = cw[pos - 1];
+        ci[pos] = ci[pos - 1];
+        --pos;
+      }
+      cw[pos] = w;
+      ci[pos] = static_cast<int32_t>(c);
+    }
+  }
+  return cw[mk - 1];
+}
+
+// Refresh point row's list: the min(m, K) clusters of smallest d + current price (ties:
+// lower index), exact distances; bound[row] becomes the largest kept d + price.
 // Centroids are fixed during a solve, so a point's K exact distances are kept in the
 // segment's share of dist_cache and a refresh only re-ranks them against the new prices:
 // points on skewed data are refreshed several times per solve, and each recomputation costs
@@ -227,11 +308,17 @@ RESID_HD inline void refresh_list(const BalancedAssignArgs& a, const Segment& sg
   const float* cache = a.cache_slot[row] < 0
                           ? nullptr
                           : a.dist_cache + a.cache_offsets[sg.s] + a.cache_slot[row] * sg.K;
+  a.exact[row] = 1;
+  if (cache) {
+    a.bound[row] = fadd(select_cached(cache, a.cur_price + sg.k0, sg.K, mk, ci, cw), base);
+    for (int64_t j = 0; j < mk; ++j) cw[j] = cache[ci[j]];
+    return;
+  }
+  // Uncached: each w costs a K*d distance, so compute it once, into a sorted insertion.
   int64_t cnt = 0;
   for (int64_t c = 0; c < sg.K; ++c) {
     const int64_t kg = sg.k0 + c;
-    const float dist = cache ? cache[c] : row_sq_dist(xr, a.centroids + kg * a.d, a.d);
-    const float w = fadd(dist, a.cur_price[kg]);
+    const float w = fadd(row_sq_dist(xr, a.centroids + kg * a.d, a.d), a.cur_price[kg]);
     if (cnt == mk && !before(w, c, cw[mk - 1], ci[mk - 1])) continue;
     int64_t pos = cnt < mk ? cnt++ : mk - 1;
     while (pos > 0 && before(w, c, cw[pos - 1], ci[pos - 1])) {
@@ -243,10 +330,7 @@ RESID_HD inline void refresh_list(const BalancedAssignArgs& a, const Segment& sg
     ci[pos] = static_cast<int32_t>(c);
   }
   a.bound[row] = fadd(cw[mk - 1], base);
-  for (int64_t j = 0; j < mk; ++j) {
-    cw[j] = cache ? cache[ci[j]] : row_sq_dist(xr, a.centroids + (sg.k0 + ci[j]) * a.d, a.d);
-  }
-  a.exact[row] = 1;
+  for (int64_t j = 0; j < mk; ++j) cw[j] = row_sq_dist(xr, a.centroids + (sg.k0 + ci[j]) * a.d, a.d);
 }
 
 // The bid of a point for the cluster that costs it `best` (distance + price p) when its best

@@ -36,6 +36,11 @@ FINE_TAIL = 3
 #: k-means++ runs on a seeded subsample of at most this many points per cluster.
 SEED_SAMPLE_PER_CLUSTER = 32
 
+#: balanced_kmeans runs the first half of its Lloyd iterations on a seeded sample of
+#: max(N / WARMUP_SAMPLE_DIV, WARMUP_SAMPLE_PER_CLUSTER * k) rows, when that is at most N / 4.
+WARMUP_SAMPLE_DIV = 10
+WARMUP_SAMPLE_PER_CLUSTER = 32
+
 
 class BalancedKMeans(NamedTuple):
     centroids: torch.Tensor  # [k, d] float32
@@ -149,36 +154,52 @@ def balanced_kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> 
 
 
 def _kmeans_body(fn: str, x: torch.Tensor, k: int, iters: int, seed: int) -> BalancedKMeans:
-    """balanced_kmeans after validation."""
+    """balanced_kmeans after validation.
+
+    Early Lloyd iterations move centroids far, so their balanced solves re-route many points
+    (several bids per point each); the first half of the iterations therefore runs on a
+    seeded sample (warm-up), the second half on all rows. Measured at 100k x 128, K=256, 20
+    iterations, 3 data seeds: -25% CPU time, final cost +0.02%, -0.6%, -0.25%.
+    """
     n = x.shape[0]
     x32 = x.to(torch.float32).contiguous()
     dev = x32.device
     gen = torch.Generator().manual_seed(seed)
     centroids = _kmeanspp(x32, k, gen)
+    c_off = torch.tensor([0, k], dtype=torch.int64, device=dev)
+    sample_n = max(n // WARMUP_SAMPLE_DIV, WARMUP_SAMPLE_PER_CLUSTER * k)
+    warmup = iters // 2 if 4 * sample_n <= n else 0
+    if warmup > 0:
+        pick = torch.randperm(n, generator=gen)[:sample_n].to(dev)
+        xs = x32[pick].contiguous()
+        s_off = torch.tensor([0, sample_n], dtype=torch.int64, device=dev)
+        # warmup Lloyd iterations (solve, update); no fine solves, the labels are discarded.
+        centroids, s_labels = lloyd(fn, xs, s_off, centroids, c_off, default_capacity(sample_n, k, dev),
+                                    warmup - 1, fine_tail=0)
+        centroids = _update(xs, s_labels, centroids)
     cap = default_capacity(n, k, dev)
     offsets = torch.tensor([0, n], dtype=torch.int64, device=dev)
-    c_off = torch.tensor([0, k], dtype=torch.int64, device=dev)
-    centroids, labels = lloyd(fn, x32, offsets, centroids, c_off, cap, iters)
+    centroids, labels = lloyd(fn, x32, offsets, centroids, c_off, cap, iters - warmup)
     return BalancedKMeans(centroids, labels)
 
 
 def lloyd(
     fn: str, x: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor, centroid_offsets: torch.Tensor,
-    capacity: torch.Tensor, iters: int,
+    capacity: torch.Tensor, iters: int, fine_tail: int = FINE_TAIL,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Balanced Lloyd iterations from the given (seeded) centroids; validated float32 inputs in
     the layout of ``_solve``. Returns (centroids, labels), labels a balanced assignment to them.
 
     The first solve is cold; each later one warm-starts from the previous labels and prices
     (a Lloyd step moves centroids little, so most points keep their cluster). Solves only move
-    centroids until the last FINE_TAIL, so they stop early: the first half at ROUGH_EPS_DIV,
+    centroids until the last ``fine_tail`` (default FINE_TAIL), so they stop early: the first half at ROUGH_EPS_DIV,
     then COARSE_EPS_DIV (measured at 100k x 128, K=256, 20 iterations: 25 s with every early
     solve at the coarse eps, 20 s with the rough first half, final cost -0.9%; within +-0.3%
     on two other data seeds). Once the labels stop changing (one problem only), or for the last
-    FINE_TAIL solves, they run at the fine eps; a fine solve that changes no label is a fixed
+    ``fine_tail`` solves, they run at the fine eps; a fine solve that changes no label is a fixed
     point (the centroids are already the means of the labels), so the run stops there.
     """
-    fine_from = iters + 1 - FINE_TAIL  # index of the first solve that is fine in any case
+    fine_from = iters + 1 - fine_tail  # index of the first solve that is fine in any case
     fine = fine_from <= 0
     single = offsets.numel() == 2
 
