@@ -179,7 +179,8 @@ def _fit_level(gq: GAOQ, tree: _Tree, z: Any, node: np.ndarray, b: int, g: int, 
     cap = torch.cat([torch.zeros(0, dtype=torch.int64)] + [default_capacity(int(counts[s]), int(ks[s])) for s in range(a, e) if ks[s] > 0])
     centroids = torch.cat(cents)
     if len(rows):
-        centroids, labels, _ = lloyd(fn, x, seg, centroids, c_off, cap, gq.config.iters)
+        # early_stop as in balanced_kmeans_segmented: only when the level has one parent in all.
+        centroids, labels, _ = lloyd(fn, x, seg, centroids, c_off, cap, gq.config.iters, early_stop=p == 1)
         lab_global = labels.numpy()
     else:
         lab_global = np.zeros(0, np.int64)

@@ -177,19 +177,21 @@ def _kmeans_body(fn: str, x: torch.Tensor, k: int, iters: int, seed: int) -> Bal
         # the first solve on all rows: transportation prices are in distance units and barely
         # depend on the sample size (that solve took 1.3 s cold, 0.3 s seeded at 100k x 128).
         centroids, s_labels, prices = lloyd(fn, xs, s_off, centroids, c_off, default_capacity(sample_n, k, dev),
-                                            warmup - 1, fine_tail=0)
+                                            warmup - 1, fine_tail=0, early_stop=True)
         centroids = _update(xs, s_labels, centroids)
     else:
         prices = None
     cap = default_capacity(n, k, dev)
     offsets = torch.tensor([0, n], dtype=torch.int64, device=dev)
-    centroids, labels, _ = lloyd(fn, x32, offsets, centroids, c_off, cap, iters - warmup, prices=prices)
+    centroids, labels, _ = lloyd(fn, x32, offsets, centroids, c_off, cap, iters - warmup, prices=prices,
+                                 early_stop=True)
     return BalancedKMeans(centroids, labels)
 
 
 def lloyd(
     fn: str, x: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor, centroid_offsets: torch.Tensor,
     capacity: torch.Tensor, iters: int, fine_tail: int = FINE_TAIL, prices: torch.Tensor | None = None,
+    early_stop: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Balanced Lloyd iterations from the given (seeded) centroids; validated float32 inputs in
     the layout of ``_solve``. Returns (centroids, labels, prices): labels a balanced assignment
@@ -201,13 +203,13 @@ def lloyd(
     centroids until the last ``fine_tail`` (default FINE_TAIL), so they stop early: the first half at ROUGH_EPS_DIV,
     then COARSE_EPS_DIV (measured at 100k x 128, K=256, 20 iterations: 25 s with every early
     solve at the coarse eps, 20 s with the rough first half, final cost -0.9%; within +-0.3%
-    on two other data seeds). Once the labels stop changing (one problem only), or for the last
+    on two other data seeds). Once the labels stop changing (``early_stop``: one problem), or for the last
     ``fine_tail`` solves, they run at the fine eps; a fine solve that changes no label is a fixed
     point (the centroids are already the means of the labels), so the run stops there.
     """
     fine_from = iters + 1 - fine_tail  # index of the first solve that is fine in any case
     fine = fine_from <= 0
-    single = offsets.numel() == 2
+    single = early_stop
 
     def eps_div(it: int) -> float:
         return FINE_EPS_DIV if fine else ROUGH_EPS_DIV if it < iters // 2 else COARSE_EPS_DIV
@@ -219,8 +221,9 @@ def lloyd(
         fine = fine or it >= fine_from
         new, prices = _solve(fn, x, offsets, centroids, centroid_offsets, capacity, prices,
                              init_labels=labels, eps_div=eps_div(it))
-        # One problem only: with several segments a global "no label changed" would depend on
-        # which segments share the call (sharded GAOQ must give one process's SIDs).
+        # One problem only (early_stop): with several segments a global "no label changed"
+        # would depend on which segments share the call (sharded GAOQ must give one process's
+        # SIDs, and a rank may hold a single parent).
         unchanged = single and torch.equal(new, labels)
         labels = new
         if unchanged and fine:
@@ -292,5 +295,5 @@ def _segmented_body(fn: str, x: torch.Tensor, o: torch.Tensor, ks: torch.Tensor,
     centroids = torch.cat(cents)
     cap = torch.cat(caps).to(dev)
     offsets_d, c_off_d = o.to(dev), c_off.to(dev)
-    centroids, labels, _ = lloyd(fn, x32, offsets_d, centroids, c_off_d, cap, iters)
+    centroids, labels, _ = lloyd(fn, x32, offsets_d, centroids, c_off_d, cap, iters, early_stop=S == 1)
     return SegmentedKMeans(centroids, c_off_d, labels)
