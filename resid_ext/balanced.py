@@ -56,10 +56,8 @@ def torch_threads(n: int) -> Iterator[None]:
 
 #: Final auction eps = mean nearest distance / this: cost within ~0.2% of the optimum.
 FINE_EPS_DIV = 512.0
-#: Final eps of the intermediate Lloyd iterations of balanced k-means (their assignments only
-#: move centroids; the last iteration uses FINE_EPS_DIV): two eps phases fewer per solve.
-COARSE_EPS_DIV = 8.0
-#: Final eps of the first half of the Lloyd iterations (centroids still move far): one phase.
+#: Final eps of the Lloyd solves of balanced k-means before the last (their assignments only
+#: move centroids; the last solve uses FINE_EPS_DIV): one eps phase per solve.
 ROUGH_EPS_DIV = 2.0
 
 #: Candidate clusters kept per point (the whole list when K <= this).
