@@ -59,6 +59,9 @@ FINE_EPS_DIV = 512.0
 #: Final eps of the Lloyd solves of balanced k-means before the last (their assignments only
 #: move centroids; the last solve uses FINE_EPS_DIV): one eps phase per solve.
 ROUGH_EPS_DIV = 2.0
+#: Final eps of the first Lloyd solve (centroids fresh from seeding or a sample, far from
+#: final, so its labels only start the descent): eps = 2 x scale, a short price war.
+FIRST_EPS_DIV = 0.5
 
 #: Candidate clusters kept per point (the whole list when K <= this).
 DEFAULT_CANDIDATES = 32
