@@ -216,40 +216,42 @@ def _segment_sums(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
 
 
 def _candidates(
-    x: torch.Tensor, c: torch.Tensor, p0: torch.Tensor, m: int,
+    x: torch.Tensor, xn: torch.Tensor, c: torch.Tensor, p0: torch.Tensor, m: int,
     cand_idx: torch.Tensor, cand_dist: torch.Tensor, cache: torch.Tensor | None = None,
 ) -> None:
     """Fill cand_idx/cand_dist [n, m] (slices of the global lists) with each row's min(m, K)
-    clusters of smallest d + p0, in any order; x: [n, d], c: [K, d], p0: [K] float32.
-    ``cache`` [r, K] (r <= n, optional) receives the exact squared distances of rows 0..r-1
-    to every cluster, taken from the same GEMM tiles (the kernel's refresh cache)."""
+    clusters of smallest d + p0, in any order; x: [n, d], xn: [n] its squared row norms,
+    c: [K, d], p0: [K] float32. The GEMM tiles of rows 0..r-1 are written straight into
+    ``cache`` [r, K] (r <= n, optional; the kernel's refresh cache, see assign.h)."""
     n, k = x.shape[0], c.shape[0]
     if n == 0:
         return
     mk = min(m, k)
     priced = bool((p0 != 0).any()) and mk < k
     # Ranking a row needs only ||c||^2 + p0 - 2 x.c (||x||^2 is constant along the row), so
-    # the [tile, K] work is one GEMM with that bias and one top-k; ||x||^2 is added to the m
-    # kept values only.
+    # the [tile, K] work is one GEMM with that bias and one selection; ||x||^2 is added to
+    # the m kept values only. (A cache exists only for partial lists, mk < K, where the
+    # bias holds p0 whenever p0 is not all zero: the kernel subtracts price0 from it.)
     bias = (c * c).sum(1) + p0 if priced else (c * c).sum(1)  # [K]
     tile = max(1, _TILE_FLOATS // max(k, 1))
+    r = 0 if cache is None else cache.shape[0]
+    # Tiles never straddle the end of the cached rows, so a cached tile is a cache slice.
+    starts = [*range(0, r, tile), *range(r, n, tile)]
     ct = c.t()
-    for i0 in range(0, n, tile):
-        xt = x[i0 : i0 + tile]
-        part = torch.addmm(bias, xt, ct, beta=1.0, alpha=-2.0)  # [tile, K]
-        if x.device.type == "cpu":  # one fused C++ pass: cache rows, top-m, exact distances
-            xn = (xt * xt).sum(1)
-            r = 0 if cache is None else max(0, min(cache.shape[0] - i0, part.shape[0]))
-            ci, cd = cand_idx[i0 : i0 + tile], cand_dist[i0 : i0 + tile]
+    for i0 in starts:
+        i1 = min(i0 + tile, r if i0 < r else n)
+        xt = x[i0:i1]
+        if i0 < r:
+            part = torch.addmm(bias, xt, ct, beta=1.0, alpha=-2.0, out=cache[i0:i1])  # type: ignore[index]
+        else:
+            part = torch.addmm(bias, xt, ct, beta=1.0, alpha=-2.0)  # [tile, K]
+        if x.device.type == "cpu":  # one fused C++ pass: top-m and exact distances
+            ci, cd = cand_idx[i0:i1], cand_dist[i0:i1]
             _C.select_candidates_cpu(
-                part.data_ptr(), part.shape[0], k, xn.data_ptr(), p0.data_ptr() if priced else 0, mk,
-                ci.data_ptr(), cd.data_ptr(), cand_idx.stride(0), cache[i0:].data_ptr() if r > 0 else 0, r,
+                part.data_ptr(), part.shape[0], k, xn[i0:i1].data_ptr(), p0.data_ptr() if priced else 0, mk,
+                ci.data_ptr(), cd.data_ptr(), cand_idx.stride(0),
             )
             continue
-        if cache is not None and i0 < cache.shape[0]:
-            r = min(cache.shape[0] - i0, part.shape[0])
-            full = part[:r] - p0 if priced else part[:r]
-            torch.add(full, (xt[:r] * xt[:r]).sum(1, keepdim=True), out=cache[i0 : i0 + r]).clamp_(min=0.0)
         if mk == k and k <= 1:
             vals, idx = part, torch.zeros_like(part, dtype=torch.int64)
         else:
@@ -257,9 +259,9 @@ def _candidates(
         if priced:
             vals = vals - p0[idx]
         # Squared distances, clamped at 0 against round-off.
-        vals = (vals + (xt * xt).sum(1, keepdim=True)).clamp_(min=0.0)
-        cand_dist[i0 : i0 + tile, :mk] = vals
-        cand_idx[i0 : i0 + tile, :mk] = idx.to(torch.int32)
+        vals = (vals + xn[i0:i1, None]).clamp_(min=0.0)
+        cand_dist[i0:i1, :mk] = vals
+        cand_idx[i0:i1, :mk] = idx.to(torch.int32)
 
 
 def _candidates_complete(
@@ -445,6 +447,8 @@ def _solve_body(
     cache_rows = ((cache_offsets[1:] - cache_offsets[:-1]).cpu() // seg_k.clamp(min=1)).tolist()
     cache_slot = torch.full((max(n, 1),), -1, dtype=torch.int32, device=device)
     cao = cache_offsets.cpu().tolist()
+    # ||x||^2 per row: added to the kept candidates, and by the kernel to cached rows.
+    row_norm = (x32 * x32).sum(1) if n > 0 else torch.zeros(1, dtype=torch.float32, device=device)
     if S > 1 and int(seg_k.max()) <= mm:
         _candidates_complete(x32, ol, c32, col, mm, cand_idx, cand_dist)
     else:
@@ -456,8 +460,8 @@ def _solve_body(
             if r > 0:  # pre-filled rows: the first r points of the segment
                 cache_slot[ol[s] : ol[s] + r] = torch.arange(r, dtype=torch.int32, device=device)
             _candidates(
-                x32[ol[s] : ol[s + 1]], c32[col[s] : col[s + 1]], price0[col[s] : col[s + 1]], mm,
-                cand_idx[ol[s] : ol[s + 1]], cand_dist[ol[s] : ol[s + 1]], cache,
+                x32[ol[s] : ol[s + 1]], row_norm[ol[s] : ol[s + 1]], c32[col[s] : col[s + 1]],
+                price0[col[s] : col[s + 1]], mm, cand_idx[ol[s] : ol[s + 1]], cand_dist[ol[s] : ol[s + 1]], cache,
             )
     # Heap slots: cluster k is bounded (needs a heap of cap_k bids) iff cap_k < its segment's N.
     n_of_cluster = torch.repeat_interleave(seg_n, seg_k).to(device)
@@ -482,7 +486,7 @@ def _solve_body(
         heap_offsets.data_ptr(), heap_bid.data_ptr(), heap_pt.data_ptr(), count.data_ptr(),
         price.data_ptr(), dropped.data_ptr(), stack.data_ptr(), exact.data_ptr(),
         bound.data_ptr(), labels.data_ptr(), cache_offsets.data_ptr(), dist_cache.data_ptr(),
-        cache_slot.data_ptr(), cur_price.data_ptr(),
+        cache_slot.data_ptr(), cur_price.data_ptr(), row_norm.data_ptr(),
     )
     if device.type == "cuda":
         _C.balanced_assign_cuda(*args, cuda_stream(device))

@@ -41,12 +41,14 @@ struct BalancedAssignArgs {
   int32_t* stack = nullptr;    // [N] unassigned points of each segment
   uint8_t* exact = nullptr;    // [N] out: 1 = the point's list was refreshed (statistics)
   float* bound = nullptr;      // [N] cost floor of every cluster outside the point's list
-  // Exact squared distances of some points to all their segment's clusters (filled by the
-  // wrapper, read by list refreshes): segment s owns floats [cache_offsets[s],
-  // cache_offsets[s+1]) of dist_cache as rows of K_s floats.
+  // Distances of some points to all their segment's clusters (the wrapper's GEMM writes
+  // them in place, list refreshes read them): segment s owns floats [cache_offsets[s],
+  // cache_offsets[s+1]) of dist_cache as rows of K_s floats, each entry the ranking value
+  // ||c||^2 + price0 - 2 x.c, i.e. squared distance - ||x||^2 + price0.
   const int64_t* cache_offsets = nullptr;  // [S+1]
   const float* dist_cache = nullptr;       // [cache_offsets[S]]
   const int32_t* cache_slot = nullptr;     // [N] cache row of each point (segment-local), -1 = none
+  const float* row_norm = nullptr;         // [N] ||x||^2 of each point (read for cached points)
   int64_t* labels = nullptr;   // [N] out: global cluster index (segment offset added);
                                //     in (warm only): the previous solve's labels
 };

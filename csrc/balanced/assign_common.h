@@ -220,28 +220,32 @@ RESID_HD inline int hist_bucket(float v, float lo, float scale) {
   return b < kHistBuckets - 1 ? b : kHistBuckets - 1;
 }
 
-// The min(m, K) smallest w[c] = cache[c] + price[c] (ties: lower index) into ci / cw, in no
-// particular order; returns the largest kept w. Three branch-light passes over the row
-// instead of a sorted insertion (K * m compares in the worst case, mispredicted branches
-// in every case): (1) the row split into mk interleaved groups; the largest group minimum
-// t0 bounds the mk-th smallest from above (the group minima are mk distinct entries <= t0);
-// (2) a histogram of the entries <= t0 finds the bucket holding the mk-th smallest;
+// The min(m, K) smallest w[c] = (cache[c] - price0[c]) + price[c] (ties: lower index) into
+// ci / cw, in no particular order; returns the largest kept w. Three branch-light passes
+// over the row instead of a sorted insertion (K * m compares in the worst case, mispredicted
+// branches in every case): (1) the row split into mk interleaved groups; the largest group
+// minimum t0 bounds the mk-th smallest from above (the group minima are mk distinct entries
+// <= t0); (2) a histogram of the entries <= t0 finds the bucket holding the mk-th smallest;
 // (3) entries of lower buckets are kept outright, those of that bucket by a sorted
 // insertion of at most its few entries. cw[0..mk) doubles as the group-minimum scratch.
-RESID_HD inline float select_cached(const float* cache, const float* price, int64_t K, int64_t mk,
-                                    int32_t* ci, float* cw) {
+RESID_HD inline float cached_w(const float* cache, const float* price0, const float* price, int64_t c) {
+  return fadd(cache[c] - price0[c], price[c]);
+}
+
+RESID_HD inline float select_cached(const float* cache, const float* price0, const float* price, int64_t K,
+                                    int64_t mk, int32_t* ci, float* cw) {
   float lo = kInf, t0 = -kInf;
   if (K >= 4 * mk) {
-    for (int64_t j = 0; j < mk; ++j) cw[j] = fadd(cache[j], price[j]);
+    for (int64_t j = 0; j < mk; ++j) cw[j] = cached_w(cache, price0, price, j);
     int64_t c0 = mk;
     for (; c0 + mk <= K; c0 += mk) {  // whole groups: a loop the compiler vectorises
       for (int64_t j = 0; j < mk; ++j) {
-        const float w = fadd(cache[c0 + j], price[c0 + j]);
+        const float w = cached_w(cache, price0, price, c0 + j);
         cw[j] = w < cw[j] ? w : cw[j];
       }
     }
     for (int64_t j = 0; c0 + j < K; ++j) {
-      const float w = fadd(cache[c0 + j], price[c0 + j]);
+      const float w = cached_w(cache, price0, price, c0 + j);
       cw[j] = w < cw[j] ? w : cw[j];
     }
     for (int64_t j = 0; j < mk; ++j) {
@@ -250,7 +254,7 @@ RESID_HD inline float select_cached(const float* cache, const float* price, int6
     }
   } else {
     for (int64_t c = 0; c < K; ++c) {
-      const float w = fadd(cache[c], price[c]);
+      const float w = cached_w(cache, price0, price, c);
       lo = w < lo ? w : lo;
       t0 = w > t0 ? w : t0;
     }
@@ -261,7 +265,7 @@ RESID_HD inline float select_cached(const float* cache, const float* price, int6
   for (int b = 0; b <= kHistBuckets; ++b) hist[b] = 0;
   const bool spread = t0 > lo && scale < kInf;  // else every kept entry shares bucket 0
   for (int64_t c = 0; c < K; ++c) {
-    const float w = fadd(cache[c], price[c]);
+    const float w = cached_w(cache, price0, price, c);
     hist[w > t0 ? kHistBuckets : spread ? hist_bucket(w, lo, scale) : 0] += 1;
   }
   int64_t below = 0;
@@ -270,7 +274,7 @@ RESID_HD inline float select_cached(const float* cache, const float* price, int6
   const int64_t r = mk - below;  // entries taken from bucket bk, the smallest by (w, index)
   int64_t out = 0, tail = 0;
   for (int64_t c = 0; c < K; ++c) {
-    const float w = fadd(cache[c], price[c]);
+    const float w = cached_w(cache, price0, price, c);
     if (w > t0) continue;
     const int b = spread ? hist_bucket(w, lo, scale) : 0;
     if (b < bk) {
@@ -294,11 +298,12 @@ RESID_HD inline float select_cached(const float* cache, const float* price, int6
 
 // Refresh point row's list: the min(m, K) clusters of smallest d + current price (ties:
 // lower index), exact distances; bound[row] becomes the largest kept d + price.
-// Centroids are fixed during a solve, so a point's K exact distances are kept in the
-// segment's share of dist_cache and a refresh only re-ranks them against the new prices:
-// points on skewed data are refreshed several times per solve, and each recomputation costs
-// K*d. The wrapper fills the cache from its GEMM tiles (as many points as its memory budget
-// allows); points without a cache row recompute their distances here.
+// Centroids are fixed during a solve, so a point's K distances are kept in the segment's
+// share of dist_cache and a refresh only re-ranks them against the new prices: points on
+// skewed data are refreshed several times per solve, and each recomputation costs K*d. The
+// wrapper's GEMM tiles are the cache rows (as many points as its memory budget allows),
+// holding d - ||x||^2 + price0: the ranking drops the row constant ||x||^2, and the kept
+// distances add it back. Points without a cache row recompute their distances here.
 RESID_HD inline void refresh_list(const BalancedAssignArgs& a, const Segment& sg, int64_t row,
                                   float base) {
   int32_t* ci = a.cand_idx + row * a.m;
@@ -310,8 +315,16 @@ RESID_HD inline void refresh_list(const BalancedAssignArgs& a, const Segment& sg
                           : a.dist_cache + a.cache_offsets[sg.s] + a.cache_slot[row] * sg.K;
   a.exact[row] = 1;
   if (cache) {
-    a.bound[row] = fadd(select_cached(cache, a.cur_price + sg.k0, sg.K, mk, ci, cw), base);
-    for (int64_t j = 0; j < mk; ++j) cw[j] = cache[ci[j]];
+    const float* p0 = a.price0 + sg.k0;
+    const float xn = a.row_norm[row];
+    // The ranking values lack the row constant ||x||^2, so the bound (compared with d + price
+    // elsewhere) adds it back.
+    const float w_last = select_cached(cache, p0, a.cur_price + sg.k0, sg.K, mk, ci, cw);
+    a.bound[row] = fadd(fadd(w_last, xn), base);
+    for (int64_t j = 0; j < mk; ++j) {
+      const float dist = fadd(cache[ci[j]] - p0[ci[j]], xn);
+      cw[j] = dist > 0.f ? dist : 0.f;  // squared distance, clamped against round-off
+    }
     return;
   }
   // Uncached: each w costs a K*d distance, so compute it once, into a sorted insertion.

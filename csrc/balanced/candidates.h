@@ -8,10 +8,9 @@ namespace resid {
 // part: [t, K] ranking values (||c||^2 + p0 - 2 x.c; the row constant ||x||^2 left out);
 // xn: [t] ||x||^2; p0: [K] prices included in part, or nullptr. Writes each row's min(m, K)
 // smallest (ties: lower index), in index order, into cand_idx / cand_dist (rows of stride ld) as
-// cluster indices and exact squared distances (part - p0 + xn, clamped at 0). When
-// cache_rows > 0, rows 0..cache_rows-1 of cache [cache_rows, K] receive all K distances.
+// cluster indices and exact squared distances (part - p0 + xn, clamped at 0).
 void select_candidates_cpu(const float* part, int64_t t, int64_t K, const float* xn, const float* p0, int64_t m,
-                           int32_t* cand_idx, float* cand_dist, int64_t ld, float* cache, int64_t cache_rows);
+                           int32_t* cand_idx, float* cand_dist, int64_t ld);
 
 // out [k, d] = per-cluster sums of the rows of x [n, d] by labels [n] (each in [0, k)),
 // summed in row order (deterministic).

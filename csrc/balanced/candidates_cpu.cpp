@@ -1,7 +1,7 @@
 // CPU helpers around the balanced-assignment kernel that torch does slowly:
-//   * select_candidates_cpu: each row's m smallest entries of a GEMM tile, fused with the
-//     exact-distance cache fill (torch.topk on [tile, K] plus four elementwise passes took
-//     ~35% of a GAOQ fit; one pass over the tile here, rows in parallel).
+//   * select_candidates_cpu: each row's m smallest entries of a GEMM tile with their exact
+//     distances (torch.topk on [tile, K] plus four elementwise passes took ~35% of a GAOQ
+//     fit; here branch-light passes over each row, rows in parallel).
 //   * cluster_sums_cpu: per-cluster row sums in row order (deterministic), columns split
 //     across threads (sort + gather + segment_reduce copied all of x every Lloyd step).
 // Both are CPU only: on CUDA the wrapper keeps torch's topk and one-hot GEMM sums.
@@ -95,7 +95,7 @@ float kth_smallest(const float* val, int64_t cnt, int64_t mk, float lo, float hi
 }  // namespace
 
 void select_candidates_cpu(const float* part, int64_t t, int64_t K, const float* xn, const float* p0, int64_t m,
-                           int32_t* cand_idx, float* cand_dist, int64_t ld, float* cache, int64_t cache_rows) {
+                           int32_t* cand_idx, float* cand_dist, int64_t ld) {
   const int64_t mk = std::min(m, K);
   if (mk <= 0) return;
 #ifdef RESID_WITH_OPENMP
@@ -110,13 +110,6 @@ void select_candidates_cpu(const float* part, int64_t t, int64_t K, const float*
     for (int64_t i = 0; i < t; ++i) {
       const float* row = part + i * K;
       const float xi = xn[i];
-      if (i < cache_rows) {
-        float* cr = cache + i * K;
-        for (int64_t c = 0; c < K; ++c) {
-          const float v = (p0 ? row[c] - p0[c] : row[c]) + xi;
-          cr[c] = v > 0.f ? v : 0.f;
-        }
-      }
       float lo, hi;
       const int64_t cnt = filter_smallest(row, K, mk, gmin.data(), val.data(), idx.data(), &lo, &hi);
       // The mk-th smallest value thr; keep every entry below it, then, in index order, as
