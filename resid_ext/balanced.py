@@ -480,13 +480,15 @@ def _solve_body(
     # Warm: the kernel reads the initial labels from its output array (assign.h).
     labels = init_labels.to(device=device, dtype=torch.int64).clone() if warm else torch.empty(n, dtype=torch.int64, device=device)
     cur_price = torch.empty_like(price)  # kernel workspace: live cluster prices
+    sel_val = torch.empty_like(price)  # kernel workspaces: list-refresh selection
+    sel_idx = torch.empty(max(k, 1), dtype=torch.int32, device=device)
     args = (
         S, d, mm, int(warm), float(eps_div), offsets.data_ptr(), centroid_offsets.data_ptr(), cand_idx.data_ptr(),
         cand_dist.data_ptr(), price0.data_ptr(), capacity.data_ptr(), x32.data_ptr(), c32.data_ptr(),
         heap_offsets.data_ptr(), heap_bid.data_ptr(), heap_pt.data_ptr(), count.data_ptr(),
         price.data_ptr(), dropped.data_ptr(), stack.data_ptr(), exact.data_ptr(),
         bound.data_ptr(), labels.data_ptr(), cache_offsets.data_ptr(), dist_cache.data_ptr(),
-        cache_slot.data_ptr(), cur_price.data_ptr(), row_norm.data_ptr(),
+        cache_slot.data_ptr(), cur_price.data_ptr(), row_norm.data_ptr(), sel_val.data_ptr(), sel_idx.data_ptr(),
     )
     if device.type == "cuda":
         _C.balanced_assign_cuda(*args, cuda_stream(device))

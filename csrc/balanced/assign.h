@@ -41,6 +41,8 @@ struct BalancedAssignArgs {
   int32_t* stack = nullptr;    // [N] unassigned points of each segment
   uint8_t* exact = nullptr;    // [N] out: 1 = the point's list was refreshed (statistics)
   float* bound = nullptr;      // [N] cost floor of every cluster outside the point's list
+  float* sel_val = nullptr;    // [K] selection scratch of list refreshes (a segment uses its
+  int32_t* sel_idx = nullptr;  // [K]   clusters' slots)
   // Distances of some points to all their segment's clusters (the wrapper's GEMM writes
   // them in place, list refreshes read them): segment s owns floats [cache_offsets[s],
   // cache_offsets[s+1]) of dist_cache as rows of K_s floats, each entry the ranking value

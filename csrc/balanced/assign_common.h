@@ -221,19 +221,21 @@ RESID_HD inline int hist_bucket(float v, float lo, float scale) {
 }
 
 // The min(m, K) smallest w[c] = (cache[c] - price0[c]) + price[c] (ties: lower index) into
-// ci / cw, in no particular order; returns the largest kept w. Three branch-light passes
-// over the row instead of a sorted insertion (K * m compares in the worst case, mispredicted
-// branches in every case): (1) the row split into mk interleaved groups; the largest group
-// minimum t0 bounds the mk-th smallest from above (the group minima are mk distinct entries
-// <= t0); (2) a histogram of the entries <= t0 finds the bucket holding the mk-th smallest;
-// (3) entries of lower buckets are kept outright, those of that bucket by a sorted
-// insertion of at most its few entries. cw[0..mk) doubles as the group-minimum scratch.
+// ci / cw, in no particular order; returns the largest kept w. Branch-light passes instead
+// of a sorted insertion over the row (K * m compares in the worst case, mispredicted
+// branches in every case; 3.6 us per K = 256 row even as three passes over the whole row):
+// (1) the row split into mk interleaved groups: the largest group minimum t0 bounds the
+// mk-th smallest from above (the group minima are mk distinct entries <= t0); (2) the
+// entries <= t0 (typically 2-3 mk) compacted into val / idx (K-float workspaces);
+// (3) a histogram of those finds the bucket holding the mk-th smallest; entries of lower
+// buckets are kept outright, those of that bucket by a sorted insertion of its few entries.
+// cw[0..mk) doubles as the group-minimum scratch.
 RESID_HD inline float cached_w(const float* cache, const float* price0, const float* price, int64_t c) {
   return fadd(cache[c] - price0[c], price[c]);
 }
 
 RESID_HD inline float select_cached(const float* cache, const float* price0, const float* price, int64_t K,
-                                    int64_t mk, int32_t* ci, float* cw) {
+                                    int64_t mk, int32_t* ci, float* cw, float* val, int32_t* idx) {
   float lo = kInf, t0 = -kInf;
   if (K >= 4 * mk) {
     for (int64_t j = 0; j < mk; ++j) cw[j] = cached_w(cache, price0, price, j);
@@ -252,36 +254,38 @@ RESID_HD inline float select_cached(const float* cache, const float* price0, con
       lo = cw[j] < lo ? cw[j] : lo;
       t0 = cw[j] > t0 ? cw[j] : t0;
     }
-  } else {
+  } else {  // little to filter: every entry is kept
     for (int64_t c = 0; c < K; ++c) {
       const float w = cached_w(cache, price0, price, c);
       lo = w < lo ? w : lo;
       t0 = w > t0 ? w : t0;
     }
   }
-  const float scale = static_cast<float>(kHistBuckets) / (t0 - lo);
-  // Entries above t0 go to the spare last bucket, so the loop has no branch.
-  int32_t hist[kHistBuckets + 1];
-  for (int b = 0; b <= kHistBuckets; ++b) hist[b] = 0;
-  const bool spread = t0 > lo && scale < kInf;  // else every kept entry shares bucket 0
-  for (int64_t c = 0; c < K; ++c) {
+  int64_t cnt = 0;
+  for (int64_t c = 0; c < K; ++c) {  // branch-free compaction, index order
     const float w = cached_w(cache, price0, price, c);
-    hist[w > t0 ? kHistBuckets : spread ? hist_bucket(w, lo, scale) : 0] += 1;
+    val[cnt] = w;
+    idx[cnt] = static_cast<int32_t>(c);
+    cnt += w <= t0;
   }
+  const float scale = static_cast<float>(kHistBuckets) / (t0 - lo);
+  const bool spread = t0 > lo && scale < kInf;  // else every kept entry shares bucket 0
+  int32_t hist[kHistBuckets];
+  for (int b = 0; b < kHistBuckets; ++b) hist[b] = 0;
+  for (int64_t j = 0; j < cnt; ++j) hist[spread ? hist_bucket(val[j], lo, scale) : 0] += 1;
   int64_t below = 0;
   int bk = 0;
   while (below + hist[bk] < mk) below += hist[bk++];
   const int64_t r = mk - below;  // entries taken from bucket bk, the smallest by (w, index)
   int64_t out = 0, tail = 0;
-  for (int64_t c = 0; c < K; ++c) {
-    const float w = cached_w(cache, price0, price, c);
-    if (w > t0) continue;
+  for (int64_t j = 0; j < cnt; ++j) {
+    const float w = val[j];
     const int b = spread ? hist_bucket(w, lo, scale) : 0;
     if (b < bk) {
-      ci[out] = static_cast<int32_t>(c);
+      ci[out] = idx[j];
       cw[out++] = w;
     } else if (b == bk) {
-      // Sorted insertion into cw[below..below + r) (c ascends, so ties keep the lower index).
+      // Sorted insertion into cw[below..below + r) (indices ascend, so ties keep the lower).
       if (tail == r && !(w < cw[below + r - 1])) continue;
       int64_t pos = tail < r ? below + tail++ : below + r - 1;
       while (pos > below && w < cw[pos - 1]) {
@@ -290,7 +294,7 @@ RESID_HD inline float select_cached(const float* cache, const float* price0, con
         --pos;
       }
       cw[pos] = w;
-      ci[pos] = static_cast<int32_t>(c);
+      ci[pos] = idx[j];
     }
   }
   return cw[mk - 1];
@@ -319,7 +323,8 @@ RESID_HD inline void refresh_list(const BalancedAssignArgs& a, const Segment& sg
     const float xn = a.row_norm[row];
     // The ranking values lack the row constant ||x||^2, so the bound (compared with d + price
     // elsewhere) adds it back.
-    const float w_last = select_cached(cache, p0, a.cur_price + sg.k0, sg.K, mk, ci, cw);
+    const float w_last =
+        select_cached(cache, p0, a.cur_price + sg.k0, sg.K, mk, ci, cw, a.sel_val + sg.k0, a.sel_idx + sg.k0);
     a.bound[row] = fadd(fadd(w_last, xn), base);
     for (int64_t j = 0; j < mk; ++j) {
       const float dist = fadd(cache[ci[j]] - p0[ci[j]], xn);

@@ -25,7 +25,8 @@ resid::BalancedAssignArgs make_args(int64_t num_segments, int64_t d, int64_t m, 
                                     std::uintptr_t price, std::uintptr_t dropped, std::uintptr_t stack, std::uintptr_t exact,
                                     std::uintptr_t bound, std::uintptr_t labels, std::uintptr_t cache_offsets,
                                     std::uintptr_t dist_cache, std::uintptr_t cache_slot,
-                                    std::uintptr_t cur_price, std::uintptr_t row_norm) {
+                                    std::uintptr_t cur_price, std::uintptr_t row_norm, std::uintptr_t sel_val,
+                                    std::uintptr_t sel_idx) {
   resid::BalancedAssignArgs a;
   a.num_segments = num_segments;
   a.d = d;
@@ -55,13 +56,15 @@ resid::BalancedAssignArgs make_args(int64_t num_segments, int64_t d, int64_t m, 
   a.cache_slot = ptr<const int32_t>(cache_slot);
   a.cur_price = ptr<float>(cur_price);
   a.row_norm = ptr<const float>(row_norm);
+  a.sel_val = ptr<float>(sel_val);
+  a.sel_idx = ptr<int32_t>(sel_idx);
   return a;
 }
 
 constexpr const char* kArgsDoc =
     "(num_segments, d, m, warm, eps_div, offsets, centroid_offsets, cand_idx, cand_dist, price0, capacity, x, "
     "centroids, heap_offsets, heap_bid, heap_pt, count, price, dropped, stack, exact, bound, labels, cache_offsets, "
-    "dist_cache, cache_slot, cur_price, row_norm) as data_ptr integers; "
+    "dist_cache, cache_slot, cur_price, row_norm, sel_val, sel_idx) as data_ptr integers; "
     "see csrc/balanced/assign.h. Internal: call resid_ext.balanced_assign instead.";
 
 }  // namespace
@@ -89,9 +92,9 @@ void bind_balanced(py::module_& m) {
          std::uintptr_t cd, std::uintptr_t p0, std::uintptr_t cap, std::uintptr_t x, std::uintptr_t c, std::uintptr_t ho,
          std::uintptr_t hb, std::uintptr_t hp, std::uintptr_t cnt, std::uintptr_t pr, std::uintptr_t dr, std::uintptr_t st,
          std::uintptr_t ex, std::uintptr_t bd, std::uintptr_t lab, std::uintptr_t cao, std::uintptr_t dc,
-         std::uintptr_t cs, std::uintptr_t cp, std::uintptr_t rn) {
+         std::uintptr_t cs, std::uintptr_t cp, std::uintptr_t rn, std::uintptr_t sv, std::uintptr_t si) {
         const auto a =
-            make_args(S, d, mm, warm, ed, o, co, ci, cd, p0, cap, x, c, ho, hb, hp, cnt, pr, dr, st, ex, bd, lab, cao, dc, cs, cp, rn);
+            make_args(S, d, mm, warm, ed, o, co, ci, cd, p0, cap, x, c, ho, hb, hp, cnt, pr, dr, st, ex, bd, lab, cao, dc, cs, cp, rn, sv, si);
         py::gil_scoped_release release;
         resid::balanced_assign_cpu(a);
       },
@@ -103,9 +106,10 @@ void bind_balanced(py::module_& m) {
          std::uintptr_t cd, std::uintptr_t p0, std::uintptr_t cap, std::uintptr_t x, std::uintptr_t c, std::uintptr_t ho,
          std::uintptr_t hb, std::uintptr_t hp, std::uintptr_t cnt, std::uintptr_t pr, std::uintptr_t dr, std::uintptr_t st,
          std::uintptr_t ex, std::uintptr_t bd, std::uintptr_t lab, std::uintptr_t cao, std::uintptr_t dc,
-         std::uintptr_t cs, std::uintptr_t cp, std::uintptr_t rn, std::uintptr_t stream) {
+         std::uintptr_t cs, std::uintptr_t cp, std::uintptr_t rn, std::uintptr_t sv, std::uintptr_t si,
+         std::uintptr_t stream) {
         const auto a =
-            make_args(S, d, mm, warm, ed, o, co, ci, cd, p0, cap, x, c, ho, hb, hp, cnt, pr, dr, st, ex, bd, lab, cao, dc, cs, cp, rn);
+            make_args(S, d, mm, warm, ed, o, co, ci, cd, p0, cap, x, c, ho, hb, hp, cnt, pr, dr, st, ex, bd, lab, cao, dc, cs, cp, rn, sv, si);
         py::gil_scoped_release release;
         resid::balanced_assign_cuda(a, reinterpret_cast<void*>(stream));
       },
