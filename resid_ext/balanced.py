@@ -10,6 +10,7 @@ Two steps, the same on CPU and CUDA:
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 from collections.abc import Iterator
 
@@ -35,6 +36,19 @@ def solve_threads(device: torch.device, segments: int, macs: int) -> int:
     return torch.get_num_threads()
 
 
+#: Multi-segment solves compute candidates in a thread pool when segments average at least
+#: this many multiply-adds (a GAOQ level-2 parent: ~3.9k x 128 x 256 = 1.3e8).
+_SEGMENT_POOL_MACS = 1 << 24
+
+#: torch's thread count outside the outermost torch_threads block (None outside any).
+_caller_threads: int | None = None
+
+
+def caller_threads() -> int:
+    """The thread count the caller set for torch, also inside torch_threads blocks."""
+    return _caller_threads if _caller_threads is not None else torch.get_num_threads()
+
+
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run the block with ``torch.set_num_threads(n)``, restoring the previous count.
@@ -44,15 +58,20 @@ def torch_threads(n: int) -> Iterator[None]:
     shared machine: measured on 2 busy cores, one 1560 x 128 x 128 addmm took 15.6 ms with 2
     threads and 0.54 ms with 1 (GAOQ level 2 at 100k x 128, 64 x 128 clusters: 24 s -> 3 s).
     """
+    global _caller_threads
     old = torch.get_num_threads()
-    if n == old:
-        yield
-        return
-    torch.set_num_threads(n)
+    outermost = _caller_threads is None
+    if outermost:
+        _caller_threads = old
     try:
+        if n != old:
+            torch.set_num_threads(n)
         yield
     finally:
-        torch.set_num_threads(old)
+        if n != old:
+            torch.set_num_threads(old)
+        if outermost:
+            _caller_threads = None
 
 #: Final auction eps = mean nearest distance / this: cost within ~0.2% of the optimum.
 FINE_EPS_DIV = 512.0
@@ -217,12 +236,13 @@ def _segment_sums(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
 
 def _candidates(
     x: torch.Tensor, xn: torch.Tensor, c: torch.Tensor, p0: torch.Tensor, m: int,
-    cand_idx: torch.Tensor, cand_dist: torch.Tensor, cache: torch.Tensor | None = None,
+    cand_idx: torch.Tensor, cand_dist: torch.Tensor, cache: torch.Tensor | None = None, select_threads: int = 0,
 ) -> None:
     """Fill cand_idx/cand_dist [n, m] (slices of the global lists) with each row's min(m, K)
     clusters of smallest d + p0, in any order; x: [n, d], xn: [n] its squared row norms,
     c: [K, d], p0: [K] float32. The GEMM tiles of rows 0..r-1 are written straight into
-    ``cache`` [r, K] (r <= n, optional; the kernel's refresh cache, see assign.h)."""
+    ``cache`` [r, K] (r <= n, optional; the kernel's refresh cache, see assign.h).
+    ``select_threads``: OpenMP threads of the CPU selection (0: the OpenMP default)."""
     n, k = x.shape[0], c.shape[0]
     if n == 0:
         return
@@ -249,7 +269,7 @@ def _candidates(
             ci, cd = cand_idx[i0:i1], cand_dist[i0:i1]
             _C.select_candidates_cpu(
                 part.data_ptr(), part.shape[0], k, xn[i0:i1].data_ptr(), p0.data_ptr() if priced else 0, mk,
-                ci.data_ptr(), cd.data_ptr(), cand_idx.stride(0),
+                ci.data_ptr(), cd.data_ptr(), cand_idx.stride(0), select_threads,
             )
             continue
         if mk == k and k <= 1:
@@ -452,9 +472,9 @@ def _solve_body(
     if S > 1 and int(seg_k.max()) <= mm:
         _candidates_complete(x32, ol, c32, col, mm, cand_idx, cand_dist)
     else:
-        for s in range(S):
+        def segment_candidates(s: int, select_threads: int) -> None:
             if ol[s + 1] <= ol[s]:
-                continue
+                return
             r = cache_rows[s]
             cache = dist_cache[cao[s] : cao[s + 1]].view(r, col[s + 1] - col[s]) if r > 0 else None
             if r > 0:  # pre-filled rows: the first r points of the segment
@@ -462,7 +482,20 @@ def _solve_body(
             _candidates(
                 x32[ol[s] : ol[s + 1]], row_norm[ol[s] : ol[s + 1]], c32[col[s] : col[s + 1]],
                 price0[col[s] : col[s + 1]], mm, cand_idx[ol[s] : ol[s + 1]], cand_dist[ol[s] : ol[s + 1]], cache,
+                select_threads,
             )
+
+        workers = caller_threads()
+        if device.type == "cpu" and S > 1 and workers > 1 and n * k * d // S >= _SEGMENT_POOL_MACS:
+            # Many segments: a pool of single-threaded workers, one segment at a time each
+            # (multi-threaded ops on [4k, 256] tiles pay a barrier per op, see torch_threads;
+            # independent workers do not wait on each other). Each segment's lists depend only
+            # on its own rows, so the result does not depend on the schedule.
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                list(pool.map(lambda s: segment_candidates(s, 1), range(S)))
+        else:
+            for s in range(S):
+                segment_candidates(s, 0)
     # Heap slots: cluster k is bounded (needs a heap of cap_k bids) iff cap_k < its segment's N.
     n_of_cluster = torch.repeat_interleave(seg_n, seg_k).to(device)
     slots = torch.where(capacity < n_of_cluster, capacity, torch.zeros_like(capacity))

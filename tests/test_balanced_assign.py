@@ -317,7 +317,7 @@ def test_select_candidates_cpu_matches_sorted_reference(k, m):
     mk = min(m, k)
     ci = torch.full((t, m), -7, dtype=torch.int32)
     cd = torch.full((t, m), -7.0)
-    _C.select_candidates_cpu(part.data_ptr(), t, k, xn.data_ptr(), p0.data_ptr(), m, ci.data_ptr(), cd.data_ptr(), m)
+    _C.select_candidates_cpu(part.data_ptr(), t, k, xn.data_ptr(), p0.data_ptr(), m, ci.data_ptr(), cd.data_ptr(), m, 0)
     want = torch.sort(torch.argsort(part, dim=1, stable=True)[:, :mk], dim=1).values
     assert torch.equal(ci[:, :mk].long(), want)
     dist = (part.gather(1, want) - p0[want] + xn[:, None]).clamp(min=0)

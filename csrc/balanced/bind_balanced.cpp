@@ -73,12 +73,13 @@ void bind_balanced(py::module_& m) {
   m.def(
       "select_candidates_cpu",
       [](std::uintptr_t part, int64_t t, int64_t K, std::uintptr_t xn, std::uintptr_t p0, int64_t mm,
-         std::uintptr_t ci, std::uintptr_t cd, int64_t ld) {
+         std::uintptr_t ci, std::uintptr_t cd, int64_t ld, int threads) {
         py::gil_scoped_release release;
         resid::select_candidates_cpu(ptr<const float>(part), t, K, ptr<const float>(xn), ptr<const float>(p0), mm,
-                                     ptr<int32_t>(ci), ptr<float>(cd), ld);
+                                     ptr<int32_t>(ci), ptr<float>(cd), ld, threads);
       },
-      "(part, t, K, xn, p0 or 0, m, cand_idx, cand_dist, ld): see csrc/balanced/candidates.h. Internal.");
+      "(part, t, K, xn, p0 or 0, m, cand_idx, cand_dist, ld, threads or 0): see csrc/balanced/candidates.h. "
+      "Internal.");
   m.def(
       "cluster_sums_cpu",
       [](std::uintptr_t x, std::uintptr_t labels, int64_t n, int64_t d, int64_t k, std::uintptr_t out) {

@@ -8,6 +8,9 @@
 #include "balanced/candidates.h"
 
 #include <algorithm>
+#ifdef RESID_WITH_OPENMP
+#include <omp.h>
+#endif
 #include <vector>
 
 namespace resid {
@@ -95,11 +98,14 @@ float kth_smallest(const float* val, int64_t cnt, int64_t mk, float lo, float hi
 }  // namespace
 
 void select_candidates_cpu(const float* part, int64_t t, int64_t K, const float* xn, const float* p0, int64_t m,
-                           int32_t* cand_idx, float* cand_dist, int64_t ld) {
+                           int32_t* cand_idx, float* cand_dist, int64_t ld, int threads) {
   const int64_t mk = std::min(m, K);
   if (mk <= 0) return;
 #ifdef RESID_WITH_OPENMP
-#pragma omp parallel if (t * K >= (1 << 16))
+  if (threads <= 0) threads = omp_get_max_threads();
+#pragma omp parallel if (t * K >= (1 << 16) && threads > 1) num_threads(threads)
+#else
+  (void)threads;
 #endif
   {
     std::vector<float> gmin(static_cast<size_t>(mk)), val(static_cast<size_t>(K)), sel(static_cast<size_t>(K));

@@ -40,7 +40,7 @@ from resid.gaoq import (
 class _LazyRows:
     """Rows ``rows`` of a (memory-mapped) matrix, read only when indexed: k-means++ seeding
     of a parent touches only its seeded subsample. Quacks like the [n, d] tensor
-    ``resid.kmeans._kmeanspp`` expects."""
+    ``resid.kmeans._kmeanspp_from`` expects."""
 
     def __init__(self, z: Any, rows: np.ndarray) -> None:
         self.z, self.rows = z, rows
@@ -154,8 +154,8 @@ def _fit_level(gq: GAOQ, tree: _Tree, z: Any, node: np.ndarray, b: int, g: int, 
     Mirrors ``GAOQ._fit_level`` + ``resid.kmeans.balanced_kmeans_segmented`` segment by
     segment (see the module docstring for why the result is the same)."""
     from resid.anchors import make_anchors, max_coherence
-    from resid.kmeans import _kmeanspp, lloyd
-    from resid_ext.balanced import default_capacity
+    from resid.kmeans import _seed_draws, lloyd, seed_segments
+    from resid_ext.balanced import caller_threads, default_capacity, torch_threads
 
     parents = tree.centroids[-1]
     p = len(parents)
@@ -164,14 +164,18 @@ def _fit_level(gq: GAOQ, tree: _Tree, z: Any, node: np.ndarray, b: int, g: int, 
     order = np.argsort(node, kind="stable")  # items grouped by parent, ascending row inside
     ks = np.minimum(b, counts)
     a, e = D.shard_range(p)
-    # Replay the seeding stream over parents [0, a) to reach this rank's first parent.
+    # The seeding stream's draws over parents [0, e) (those of [0, a) only advance it to this
+    # rank's first parent); seeds for this rank's own parents only.
     gen = torch.Generator().manual_seed(seed)
-    cents = [torch.zeros((0, z.shape[1]), dtype=torch.float32)]
-    for s in range(e):
-        if ks[s] > 0:
-            c = _kmeanspp(_LazyRows(z, order[offsets[s] : offsets[s + 1]]), int(ks[s]), gen)  # type: ignore[arg-type]
-            if s >= a:
-                cents.append(c)
+    seeded = [s for s in range(e) if ks[s] > 0]
+    draws = [_seed_draws(int(counts[s]), int(ks[s]), gen) for s in seeded]
+    mine = [i for i, s in enumerate(seeded) if s >= a]
+    with torch_threads(1):
+        cents = [torch.zeros((0, z.shape[1]), dtype=torch.float32)]
+        cents += seed_segments(
+            lambda j: _LazyRows(z, order[offsets[seeded[mine[j]]] : offsets[seeded[mine[j]] + 1]]),
+            [int(ks[seeded[i]]) for i in mine], [draws[i] for i in mine], caller_threads(),
+        )
     rows = order[offsets[a] : offsets[e]]
     x = torch.from_numpy(validate_embeddings(_read(z, rows), fn=fn))
     seg = torch.from_numpy(offsets[a : e + 1] - offsets[a])

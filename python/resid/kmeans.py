@@ -11,7 +11,9 @@ the auction is deterministic, and centroid sums use a fixed reduction order.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import concurrent.futures
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ from resid_ext.balanced import (
     FIRST_EPS_DIV,
     ROUGH_EPS_DIV,
     _solve,
+    caller_threads,
     default_capacity,
     solve_threads,
     torch_threads,
@@ -69,40 +72,74 @@ def _check_iters_seed(fn: str, iters: int, seed: int) -> None:
         raise TypeError(f"{fn}: seed must be an int, got {type(seed).__name__}")
 
 
+def _seed_draws(n: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+    """The random draws of one k-means++ seeding of n rows into k, in stream order: the
+    seeded subsample (row indices) and the seed of the numpy generator that picks centres.
+    Drawing them first lets segments be seeded in any order (or in parallel) with the same
+    result, and lets a sharded GAOQ rank skip the seeding of other ranks' parents."""
+    p = min(n, max(k, SEED_SAMPLE_PER_CLUSTER * k))
+    sample = torch.randperm(n, generator=gen)[:p] if p < n else torch.arange(n)
+    return sample, int(torch.randint(0, 2**62, (1,), generator=gen))
+
+
 def _kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     """k-means++ seeding on a seeded subsample. x: [n, d] float32 -> centroids [k, d] (copies).
+    One thread (see _kmeanspp_from)."""
+    sample, rng_seed = _seed_draws(x.shape[0], k, gen)
+    with torch_threads(1):
+        return _kmeanspp_from(x, k, sample, rng_seed)
+
+
+def _kmeanspp_from(x: torch.Tensor, k: int, sample: torch.Tensor, rng_seed: int) -> torch.Tensor:
+    """k-means++ on rows ``sample`` of x with centre picks from ``np.random.default_rng(rng_seed)``
+    (the draws of ``_seed_draws``) -> centroids [k, d] float32 (copies).
 
     Each new centre is drawn with probability proportional to its squared distance to the
     nearest chosen centre; with every remaining distance 0 (duplicates) it is drawn uniformly.
-    Runs on CPU in float64 (the sample is small), so seeds are identical on every device, and
-    on one thread: k sequential [p, d] mat-vecs are far too small for a thread team (numpy's
-    2-thread OpenBLAS took 1.02 s per 3906 x 128, k=256 segment here, 1 thread 0.10 s).
+    Runs on CPU in float64 (the sample is small), so seeds are identical on every device.
+    Meant for one torch thread: k sequential [p, d] mat-vecs are far too small for a thread
+    team (numpy's 2-thread OpenBLAS took 1.02 s per 3906 x 128, k=256 segment here, 1 thread
+    0.10 s); many segments are seeded by a pool of such workers instead.
     """
-    n = x.shape[0]
-    p = min(n, max(k, SEED_SAMPLE_PER_CLUSTER * k))
-    sample = torch.randperm(n, generator=gen)[:p] if p < n else torch.arange(n)
-    rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
-    with torch_threads(1):
-        xs = x[sample.to(x.device)].double().cpu()
-        xn = (xs * xs).sum(1)
-        idx = [int(rng.integers(p))]
-        d2 = (xn - 2.0 * (xs @ xs[idx[0]]) + xn[idx[0]]).clamp_(min=0.0)
-        d2[idx[0]] = 0.0
-        for _ in range(1, k):
-            cum = torch.cumsum(d2, 0)
-            total = float(cum[-1])
-            if total > 0:
-                nxt = int(torch.searchsorted(cum, torch.tensor([rng.random() * total], dtype=torch.float64), right=True))
-                nxt = min(nxt, p - 1)
-            else:  # all remaining points coincide with a centre: any unchosen row will do
-                free = torch.ones(p, dtype=torch.bool)
-                free[idx] = False
-                cand = torch.nonzero(free)[:, 0]
-                nxt = int(cand[int(rng.integers(cand.numel()))])
-            idx.append(nxt)
-            torch.minimum(d2, (xn - 2.0 * (xs @ xs[nxt]) + xn[nxt]).clamp_(min=0.0), out=d2)
-            d2[nxt] = 0.0
+    p = sample.numel()
+    rng = np.random.default_rng(rng_seed)
+    xs = x[sample.to(x.device)].double().cpu()
+    xn = (xs * xs).sum(1)
+    idx = [int(rng.integers(p))]
+    d2 = (xn - 2.0 * (xs @ xs[idx[0]]) + xn[idx[0]]).clamp_(min=0.0)
+    d2[idx[0]] = 0.0
+    for _ in range(1, k):
+        cum = torch.cumsum(d2, 0)
+        total = float(cum[-1])
+        if total > 0:
+            nxt = int(torch.searchsorted(cum, torch.tensor([rng.random() * total], dtype=torch.float64), right=True))
+            nxt = min(nxt, p - 1)
+        else:  # all remaining points coincide with a centre: any unchosen row will do
+            free = torch.ones(p, dtype=torch.bool)
+            free[idx] = False
+            cand = torch.nonzero(free)[:, 0]
+            nxt = int(cand[int(rng.integers(cand.numel()))])
+        idx.append(nxt)
+        torch.minimum(d2, (xn - 2.0 * (xs @ xs[nxt]) + xn[nxt]).clamp_(min=0.0), out=d2)
+        d2[nxt] = 0.0
     return x[sample[idx].to(x.device)].to(torch.float32).clone()
+
+
+def seed_segments(
+    rows: Callable[[int], Any], ks: list[int], draws: list[tuple[torch.Tensor, int]], workers: int
+) -> list[torch.Tensor]:
+    """k-means++ centroids of several segments: segment i has rows ``rows(i)`` (an [n_i, d]
+    tensor, or anything _kmeanspp_from can index), ks[i] clusters and draws[i] from
+    ``_seed_draws``. A pool of ``workers`` single-threaded workers when workers > 1 (each
+    segment's seeds depend only on its rows and draws, so the schedule does not matter; 1.9x
+    on 2 cores). Call with torch on one thread (inside ``torch_threads(1)``)."""
+    def one(i: int) -> torch.Tensor:
+        return _kmeanspp_from(rows(i), ks[i], *draws[i])
+
+    if workers > 1 and len(ks) > 1:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(one, range(len(ks))))
+    return [one(i) for i in range(len(ks))]
 
 
 def _centroid_sums(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -286,13 +323,14 @@ def _segmented_body(fn: str, x: torch.Tensor, o: torch.Tensor, ks: torch.Tensor,
     dev = x32.device
     c_off = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(ks, 0)])
     gen = torch.Generator().manual_seed(seed)
-    cents = [torch.zeros((0, x32.shape[1]), dtype=torch.float32, device=dev)]
     caps = [torch.zeros(0, dtype=torch.int64)]
     ol, kl = o.tolist(), ks.tolist()
-    for s in range(S):
-        if kl[s] > 0:
-            cents.append(_kmeanspp(x32[ol[s] : ol[s + 1]], kl[s], gen))
-            caps.append(default_capacity(ol[s + 1] - ol[s], kl[s]))
+    seeded = [s for s in range(S) if kl[s] > 0]
+    draws = [_seed_draws(ol[s + 1] - ol[s], kl[s], gen) for s in seeded]  # stream order
+    workers = caller_threads() if dev.type == "cpu" else 1
+    cents = [torch.zeros((0, x32.shape[1]), dtype=torch.float32, device=dev)]
+    cents += seed_segments(lambda i: x32[ol[seeded[i]] : ol[seeded[i] + 1]], [kl[s] for s in seeded], draws, workers)
+    caps += [default_capacity(ol[s + 1] - ol[s], kl[s]) for s in seeded]
     centroids = torch.cat(cents)
     cap = torch.cat(caps).to(dev)
     offsets_d, c_off_d = o.to(dev), c_off.to(dev)
