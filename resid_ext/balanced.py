@@ -332,9 +332,10 @@ _CACHE_BUDGET_FLOATS: int | None = None
 def _cache_layout(
     seg_n: torch.Tensor, seg_k: torch.Tensor, m: int, d: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact-distance cache for refreshed points (assign.h): segments whose lists are partial
-    (K_s > m) get rows of K_s floats in proportion to their size, within a budget of
-    max(2*N*d, 4M) floats, so peak memory stays O(N*d) like x itself (never N x K).
+    """Distance cache for refreshed points (assign.h; the GEMM tiles are written into it):
+    segments whose lists are partial (K_s > m) get rows of K_s floats in proportion to their
+    size, within a budget of max(2*N*d, 4M) floats, so peak memory stays O(N*d) like x
+    itself (never N x K).
     Returns (cache_offsets [S+1] int64 float offsets, dist_cache [>=1] float32)."""
     n_tot, d = int(seg_n.sum()), max(d, 1)
     budget = max(2 * n_tot * d, 1 << 22) if _CACHE_BUDGET_FLOATS is None else _CACHE_BUDGET_FLOATS

@@ -10,9 +10,9 @@
 //   * An unassigned point bids for its best candidate k1 (cost d + price), raising the
 //     price by (second best - best) + eps; a full cluster evicts its lowest bidder.
 //   * Epsilon scaling: eps from the candidate distance spread / 4 down by 8x per phase to
-//     scale / eps_div (scale = mean nearest-candidate distance; eps_div 512 by default, 8 for
-//     the intermediate Lloyd iterations). Each phase takes the previous phase's prices as
-//     reserves and keeps every point whose cluster still satisfies eps-CS at the new eps (it
+//     scale / eps_div (scale = mean nearest-candidate distance; eps_div 512 by default, 2 for
+//     the intermediate Lloyd iterations, 0.5 for a Lloyd run's first solve). Each phase takes
+//     the previous phase's prices as reserves and keeps every point whose cluster still satisfies eps-CS at the new eps (it
 //     holds the bid it would make now); only the others bid. A warm start (labels and prices
 //     of the previous Lloyd iteration) keeps points the same way from the first phase and
 //     starts at scale/8 when fewer than n/10 points violate eps-CS there (else wide).
@@ -220,53 +220,52 @@ RESID_HD inline int hist_bucket(float v, float lo, float scale) {
   return b < kHistBuckets - 1 ? b : kHistBuckets - 1;
 }
 
-// The min(m, K) smallest w[c] = (cache[c] - price0[c]) + price[c] (ties: lower index) into
-// ci / cw, in no particular order; returns the largest kept w. Branch-light passes instead
-// of a sorted insertion over the row (K * m compares in the worst case, mispredicted
-// branches in every case; 3.6 us per K = 256 row even as three passes over the whole row):
+// The min(m, K) smallest w(c), c in [0, K) (ties: lower index), into ci / cw; returns the
+// largest kept w. Order: entries below the last histogram bucket in index order, then that
+// bucket's in ascending (w, index) order. Shared by list refreshes (both twins) and the CPU
+// candidate step (candidates_cpu.cpp). Branch-light passes instead of a sorted insertion
+// or nth_element over the row (both mispredict their way to ~3 us per K = 256 row):
 // (1) the row split into mk interleaved groups: the largest group minimum t0 bounds the
 // mk-th smallest from above (the group minima are mk distinct entries <= t0); (2) the
-// entries <= t0 (typically 2-3 mk) compacted into val / idx (K-float workspaces);
-// (3) a histogram of those finds the bucket holding the mk-th smallest; entries of lower
-// buckets are kept outright, those of that bucket by a sorted insertion of its few entries.
-// cw[0..mk) doubles as the group-minimum scratch.
-RESID_HD inline float cached_w(const float* cache, const float* price0, const float* price, int64_t c) {
-  return fadd(cache[c] - price0[c], price[c]);
-}
-
-RESID_HD inline float select_cached(const float* cache, const float* price0, const float* price, int64_t K,
-                                    int64_t mk, int32_t* ci, float* cw, float* val, int32_t* idx) {
+// entries <= t0 (typically 2-3 mk of them) compacted, branch-free, into val / idx (K-entry
+// workspaces); (3) a histogram of those finds the bucket holding the mk-th smallest;
+// entries of lower buckets are kept outright, those of that bucket by a sorted insertion of
+// its few entries. With K < 4 mk there is little to filter and every entry is kept.
+// cw[0..mk) doubles as the group-minimum scratch. W: RESID_HD float operator()(int64_t).
+template <typename W>
+RESID_HD inline float select_smallest(const W& w, int64_t K, int64_t mk, int32_t* ci, float* cw, float* val,
+                                      int32_t* idx) {
   float lo = kInf, t0 = -kInf;
   if (K >= 4 * mk) {
-    for (int64_t j = 0; j < mk; ++j) cw[j] = cached_w(cache, price0, price, j);
+    for (int64_t j = 0; j < mk; ++j) cw[j] = w(j);
     int64_t c0 = mk;
     for (; c0 + mk <= K; c0 += mk) {  // whole groups: a loop the compiler vectorises
       for (int64_t j = 0; j < mk; ++j) {
-        const float w = cached_w(cache, price0, price, c0 + j);
-        cw[j] = w < cw[j] ? w : cw[j];
+        const float v = w(c0 + j);
+        cw[j] = v < cw[j] ? v : cw[j];
       }
     }
     for (int64_t j = 0; c0 + j < K; ++j) {
-      const float w = cached_w(cache, price0, price, c0 + j);
-      cw[j] = w < cw[j] ? w : cw[j];
+      const float v = w(c0 + j);
+      cw[j] = v < cw[j] ? v : cw[j];
     }
     for (int64_t j = 0; j < mk; ++j) {
       lo = cw[j] < lo ? cw[j] : lo;
       t0 = cw[j] > t0 ? cw[j] : t0;
     }
-  } else {  // little to filter: every entry is kept
+  } else {
     for (int64_t c = 0; c < K; ++c) {
-      const float w = cached_w(cache, price0, price, c);
-      lo = w < lo ? w : lo;
-      t0 = w > t0 ? w : t0;
+      const float v = w(c);
+      lo = v < lo ? v : lo;
+      t0 = v > t0 ? v : t0;
     }
   }
   int64_t cnt = 0;
   for (int64_t c = 0; c < K; ++c) {  // branch-free compaction, index order
-    const float w = cached_w(cache, price0, price, c);
-    val[cnt] = w;
+    const float v = w(c);
+    val[cnt] = v;
     idx[cnt] = static_cast<int32_t>(c);
-    cnt += w <= t0;
+    cnt += v <= t0;
   }
   const float scale = static_cast<float>(kHistBuckets) / (t0 - lo);
   const bool spread = t0 > lo && scale < kInf;  // else every kept entry shares bucket 0
@@ -276,29 +275,43 @@ RESID_HD inline float select_cached(const float* cache, const float* price0, con
   int64_t below = 0;
   int bk = 0;
   while (below + hist[bk] < mk) below += hist[bk++];
-  const int64_t r = mk - below;  // entries taken from bucket bk, the smallest by (w, index)
-  int64_t out = 0, tail = 0;
+  // Lower buckets: kept outright, by a branch-free compaction (which entries qualify is
+  // unpredictable). A write past the last kept one lands in slot `below` (< mk), which the
+  // bucket's entries overwrite next.
+  int64_t out = 0;
   for (int64_t j = 0; j < cnt; ++j) {
-    const float w = val[j];
-    const int b = spread ? hist_bucket(w, lo, scale) : 0;
-    if (b < bk) {
-      ci[out] = idx[j];
-      cw[out++] = w;
-    } else if (b == bk) {
-      // Sorted insertion into cw[below..below + r) (indices ascend, so ties keep the lower).
-      if (tail == r && !(w < cw[below + r - 1])) continue;
-      int64_t pos = tail < r ? below + tail++ : below + r - 1;
-      while (pos > below && w < cw[pos - 1]) {
-        cw[pos] = cw[pos - 1];
-        ci[pos] = ci[pos - 1];
-        --pos;
-      }
-      cw[pos] = w;
-      ci[pos] = idx[j];
+    const int b = spread ? hist_bucket(val[j], lo, scale) : 0;
+    ci[out] = idx[j];
+    cw[out] = val[j];
+    out += b < bk;
+  }
+  // Bucket bk: its r smallest by (w, index), by sorted insertion into cw[below..mk) (indices
+  // ascend, so ties keep the lower one).
+  const int64_t r = mk - below;
+  int64_t tail = 0;
+  for (int64_t j = 0; j < cnt; ++j) {
+    const float v = val[j];
+    if ((spread ? hist_bucket(v, lo, scale) : 0) != bk) continue;
+    if (tail == r && !(v < cw[mk - 1])) continue;
+    int64_t pos = tail < r ? below + tail++ : mk - 1;
+    while (pos > below && v < cw[pos - 1]) {
+      cw[pos] = cw[pos - 1];
+      ci[pos] = ci[pos - 1];
+      --pos;
     }
+    cw[pos] = v;
+    ci[pos] = idx[j];
   }
   return cw[mk - 1];
 }
+
+// Ranking value of cluster c from a cache row: (cache[c] - price0[c]) + price[c].
+struct CachedValue {
+  const float* cache;
+  const float* price0;
+  const float* price;
+  RESID_HD float operator()(int64_t c) const { return fadd(cache[c] - price0[c], price[c]); }
+};
 
 // Refresh point row's list: the min(m, K) clusters of smallest d + current price (ties:
 // lower index), exact distances; bound[row] becomes the largest kept d + price.
@@ -323,8 +336,8 @@ RESID_HD inline void refresh_list(const BalancedAssignArgs& a, const Segment& sg
     const float xn = a.row_norm[row];
     // The ranking values lack the row constant ||x||^2, so the bound (compared with d + price
     // elsewhere) adds it back.
-    const float w_last =
-        select_cached(cache, p0, a.cur_price + sg.k0, sg.K, mk, ci, cw, a.sel_val + sg.k0, a.sel_idx + sg.k0);
+    const CachedValue w{cache, p0, a.cur_price + sg.k0};
+    const float w_last = select_smallest(w, sg.K, mk, ci, cw, a.sel_val + sg.k0, a.sel_idx + sg.k0);
     a.bound[row] = fadd(fadd(w_last, xn), base);
     for (int64_t j = 0; j < mk; ++j) {
       const float dist = fadd(cache[ci[j]] - p0[ci[j]], xn);

@@ -33,7 +33,7 @@ from resid_ext.balanced import (
 
 __all__ = ["BalancedKMeans", "SegmentedKMeans", "balanced_kmeans", "balanced_kmeans_segmented"]
 
-#: Balanced Lloyd solves at the fine eps at the end of a run (the earlier ones are coarse).
+#: Balanced Lloyd solves at the fine eps at the end of a run (the earlier ones are rough).
 FINE_TAIL = 1
 
 #: k-means++ runs on a seeded subsample of at most this many points per cluster.
