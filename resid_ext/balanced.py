@@ -36,8 +36,9 @@ def solve_threads(device: torch.device, segments: int, macs: int) -> int:
     return torch.get_num_threads()
 
 
-#: Multi-segment solves compute candidates in a thread pool when segments average at least
-#: this many multiply-adds (a GAOQ level-2 parent: ~3.9k x 128 x 256 = 1.3e8).
+#: Multi-segment solves compute candidates in a thread pool when a segment's GEMM averages at
+#: least this many multiply-adds, (N/S) x (K/S) x d (a GAOQ level-2 parent at 1M x 128:
+#: 3.9k x 256 x 128 = 1.3e8).
 _SEGMENT_POOL_MACS = 1 << 24
 
 #: torch's thread count outside the outermost torch_threads block (None outside any).
@@ -487,7 +488,7 @@ def _solve_body(
             )
 
         workers = caller_threads()
-        if device.type == "cpu" and S > 1 and workers > 1 and n * k * d // S >= _SEGMENT_POOL_MACS:
+        if device.type == "cpu" and S > 1 and workers > 1 and n * k * d // (S * S) >= _SEGMENT_POOL_MACS:
             # Many segments: a pool of single-threaded workers, one segment at a time each
             # (multi-threaded ops on [4k, 256] tiles pay a barrier per op, see torch_threads;
             # independent workers do not wait on each other). Each segment's lists depend only

@@ -106,3 +106,25 @@ def test_bad_inputs():
         balanced_kmeans_segmented(x, torch.tensor([0, 4, 10]), torch.tensor([2]))
     with pytest.raises(ValueError, match="k must be >= 1 for every segment, got 0 for segment 1"):
         balanced_kmeans_segmented(x, torch.tensor([0, 4, 10]), torch.tensor([2, 0]))
+
+
+def test_segment_pools_give_the_serial_result(monkeypatch):
+    # Many-segment solves seed and build candidate lists in a pool of workers when segments
+    # are large enough (resid_ext.balanced._SEGMENT_POOL_MACS) and torch has > 1 thread; the
+    # result must not depend on it (seeding draws are taken in stream order first).
+    import resid_ext.balanced as rb
+
+    x, _ = _blobs([300, 250, 200, 150], 16, seed=12)
+    offsets = torch.tensor([0, 240, 480, 720, 900])
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(rb, "_SEGMENT_POOL_MACS", 0)
+        pooled = balanced_kmeans_segmented(x, offsets, 40, iters=4, seed=3)
+        monkeypatch.setattr(rb, "_SEGMENT_POOL_MACS", 1 << 62)
+        torch.set_num_threads(1)  # one worker: serial seeding too
+        serial = balanced_kmeans_segmented(x, offsets, 40, iters=4, seed=3)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(pooled.centroids, serial.centroids)
+    assert torch.equal(pooled.labels, serial.labels)

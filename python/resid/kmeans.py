@@ -212,7 +212,8 @@ def _kmeans_body(fn: str, x: torch.Tensor, k: int, iters: int, seed: int) -> Bal
         s_off = torch.tensor([0, sample_n], dtype=torch.int64, device=dev)
         # warmup Lloyd iterations (solve, update) with no fine solve. The sample's prices seed
         # the first solve on all rows: transportation prices are in distance units and barely
-        # depend on the sample size (that solve took 1.3 s cold, 0.3 s seeded at 100k x 128).
+        # depend on the sample size (that solve took 1.3 s with prices estimated on 16 points
+        # per cluster, 1.1 s seeded, at 100k x 128, K=256).
         centroids, s_labels, prices = lloyd(fn, xs, s_off, centroids, c_off, default_capacity(sample_n, k, dev),
                                             warmup - 1, fine_tail=0, early_stop=True)
         centroids = _update(xs, s_labels, centroids)
@@ -242,10 +243,10 @@ def lloyd(
     iterations, 2 data seeds: scale/2 instead of scale/8 for the second half, 17% less time,
     final cost +0.05%; one fine solve at the end instead of three, -10% time, cost
     +0.01-0.03%; the first solve at 2 x scale instead of scale/2, -7% and -17% time, cost
-    -0.44% and -0.04% (Lloyd local optima differ by this much between settings). Once the labels stop changing (``early_stop``: one
-    problem), or for the last ``fine_tail`` solves, they run at the fine eps; a fine solve that
-    changes no label is a fixed point (the centroids are already the means of the labels), so
-    the run stops there.
+    -0.44% and -0.04% (Lloyd local optima differ by this much between settings). Once the
+    labels stop changing (``early_stop``: one problem), or for the last ``fine_tail`` solves,
+    they run at the fine eps; a fine solve that changes no label is a fixed point (the
+    centroids are already the means of the labels), so the run stops there.
     """
     fine_from = iters + 1 - fine_tail  # index of the first solve that is fine in any case
     fine = fine_from <= 0
