@@ -301,8 +301,8 @@ def test_cuda_tensor_without_usable_gpu_is_a_clear_runtime_error():
 
 @pytest.mark.parametrize("k,m", [(1, 1), (40, 32), (128, 32), (256, 32), (256, 8), (1000, 16), (300, 1)])
 def test_select_candidates_cpu_matches_sorted_reference(k, m):
-    # The fused selection (group-minimum filter + histogram select, candidates_cpu.cpp)
-    # against a stable sort: the min(m, K) smallest of each row, ties to the lower index (any
+    # The CPU candidate selection (select_smallest in assign_common.h, which list refreshes
+    # share) against a stable sort: the min(m, K) smallest of each row, ties to the lower index (any
     # order in the row), exact distance = value - p0 + ||x||^2 clamped at 0. Rounded values
     # make ties common; a few rows are constant.
     from resid_ext import _C
