@@ -469,11 +469,15 @@ def _solve_body(
     cache_rows = ((cache_offsets[1:] - cache_offsets[:-1]).cpu() // seg_k.clamp(min=1)).tolist()
     cache_slot = torch.full((max(n, 1),), -1, dtype=torch.int32, device=device)
     cao = cache_offsets.cpu().tolist()
-    # ||x||^2 per row: added to the kept candidates, and by the kernel to cached rows.
-    row_norm = (x32 * x32).sum(1) if n > 0 else torch.zeros(1, dtype=torch.float32, device=device)
+    # ||x||^2 per row: added to the kept candidates, and by the kernel to cached rows. Complete
+    # lists (every segment's K_s <= m) have no cache and add it tile by tile themselves.
+    row_norm = torch.zeros(1, dtype=torch.float32, device=device)
     if S > 1 and int(seg_k.max()) <= mm:
         _candidates_complete(x32, ol, c32, col, mm, cand_idx, cand_dist)
     else:
+        if n > 0:
+            row_norm = (x32 * x32).sum(1)
+
         def segment_candidates(s: int, select_threads: int) -> None:
             if ol[s + 1] <= ol[s]:
                 return

@@ -20,9 +20,10 @@
 //   * Candidates are the m clusters with the smallest d + price0. Prices never fall (until
 //     the clean-up rounds below), so every other cluster costs at least the m-th candidate's
 //     d + price0 (bound[i]), the outside option in each bid. When a point's best candidate
-//     costs more than bound[i], its list is refreshed in place: exact distances to all K
-//     clusters of its segment (K*d flops, only for such points: memory stays O(N*m)), the m
-//     smallest d + current price kept, and bound[i] raised to the new m-th value.
+//     costs more than bound[i], its list is refreshed in place: its distances to all K
+//     clusters of its segment (read from the wrapper's cache of GEMM rows when the point has
+//     one, else K*d flops), the m smallest d + current price kept (select_smallest), and
+//     bound[i] raised to the new m-th value.
 //   * A cluster left with room must cost 0: clean-up rounds drop such reserves to 0, mark
 //     the cluster, let every point also consider marked clusters (exact distances), and redo
 //     the final phase until none is left (at most K rounds). With sum(cap) == n every

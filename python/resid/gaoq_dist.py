@@ -170,11 +170,12 @@ def _fit_level(gq: GAOQ, tree: _Tree, z: Any, node: np.ndarray, b: int, g: int, 
     seeded = [s for s in range(e) if ks[s] > 0]
     draws = [_seed_draws(int(counts[s]), int(ks[s]), gen) for s in seeded]
     mine = [i for i, s in enumerate(seeded) if s >= a]
+    own = [seeded[i] for i in mine]  # this rank's parents with clusters
     with torch_threads(1):
         cents = [torch.zeros((0, z.shape[1]), dtype=torch.float32)]
         cents += seed_segments(
-            lambda j: _LazyRows(z, order[offsets[seeded[mine[j]]] : offsets[seeded[mine[j]] + 1]]),
-            [int(ks[seeded[i]]) for i in mine], [draws[i] for i in mine], caller_threads(),
+            lambda j: _LazyRows(z, order[offsets[own[j]] : offsets[own[j] + 1]]),
+            [int(ks[s]) for s in own], [draws[i] for i in mine], caller_threads(),
         )
     rows = order[offsets[a] : offsets[e]]
     x = torch.from_numpy(validate_embeddings(_read(z, rows), fn=fn))

@@ -250,7 +250,6 @@ def lloyd(
     """
     fine_from = iters + 1 - fine_tail  # index of the first solve that is fine in any case
     fine = fine_from <= 0
-    single = early_stop
 
     labels, prices = _solve(fn, x, offsets, centroids, centroid_offsets, capacity, prices,
                             eps_div=FINE_EPS_DIV if fine else FIRST_EPS_DIV)
@@ -263,7 +262,7 @@ def lloyd(
         # One problem only (early_stop): with several segments a global "no label changed"
         # would depend on which segments share the call (sharded GAOQ must give one process's
         # SIDs, and a rank may hold a single parent).
-        unchanged = single and torch.equal(new, labels)
+        unchanged = early_stop and torch.equal(new, labels)
         labels = new
         if unchanged and fine:
             break
