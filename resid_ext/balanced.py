@@ -89,6 +89,39 @@ DEFAULT_CANDIDATES = 32
 _TILE_FLOATS = 1 << 22
 
 
+class SolveWorkspace:
+    """Buffers shared by the solves of one Lloyd run (one x, one segment layout).
+
+    A solve's workspaces are large (at 1M x 128, K=256: a 1 GiB distance cache and 256 MiB
+    of candidate lists) and fresh memory is paid for in page faults on first touch, on
+    every solve. Reusing them across a run's solves takes that out (with ||x||^2, which
+    depends on x alone). Use one workspace per x: ``row_norm`` belongs to the x it was
+    first computed for.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, torch.Tensor] = {}
+        self.row_norm: torch.Tensor | None = None
+
+    def buffer(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A 1-D tensor of ``numel`` elements, uninitialised (the previous solve's contents)."""
+        t = self._bufs.get(name)
+        if t is None or t.numel() != numel or t.dtype != dtype or t.device != device:
+            t = self._bufs[name] = torch.empty(numel, dtype=dtype, device=device)
+        return t
+
+
+def row_sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """||x_i||^2 per row of x [n, d] float32 -> [n], in row chunks (no n x d temporary)."""
+    n = x.shape[0]
+    out = torch.empty(n, dtype=x.dtype, device=x.device)
+    chunk = max(1, _TILE_FLOATS // max(x.shape[1], 1))
+    for i0 in range(0, n, chunk):
+        xt = x[i0 : i0 + chunk]
+        torch.sum(xt * xt, 1, out=out[i0 : i0 + chunk])
+    return out
+
+
 def default_capacity(n: int, k: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Sizes as equal as possible: ``n % k`` clusters of ``ceil(n/k)``, the rest ``floor(n/k)``.
 
@@ -331,7 +364,7 @@ _CACHE_BUDGET_FLOATS: int | None = None
 
 
 def _cache_layout(
-    seg_n: torch.Tensor, seg_k: torch.Tensor, m: int, d: int, device: torch.device
+    seg_n: torch.Tensor, seg_k: torch.Tensor, m: int, d: int, device: torch.device, ws: SolveWorkspace
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Distance cache for refreshed points (assign.h; the GEMM tiles are written into it):
     segments whose lists are partial (K_s > m) get rows of K_s floats in proportion to their
@@ -347,7 +380,7 @@ def _cache_layout(
         rows = (seg_n.double() * budget / max(n_tot, 1) / seg_k.clamp(min=1).double()).floor().long()
         want = torch.where(partial, torch.minimum(rows, seg_n) * seg_k, torch.zeros_like(seg_n))
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(want, 0)])
-    cache = torch.empty(max(int(offsets[-1]), 1), dtype=torch.float32, device=device)
+    cache = ws.buffer("dist_cache", max(int(offsets[-1]), 1), torch.float32, device)
     return offsets.to(device), cache
 
 
@@ -417,6 +450,7 @@ def _solve(
     cold: bool = False,
     init_labels: torch.Tensor | None = None,
     eps_div: float = FINE_EPS_DIV,
+    ws: SolveWorkspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated inputs -> (labels [N] int64, prices [K] float32).
 
@@ -425,7 +459,8 @@ def _solve(
     returned, same capacities), the solve is warm: points whose cluster is still nearly their
     best at those prices keep it and only the others bid (a Lloyd step moves centroids little).
     ``cold`` forces a cold start. ``eps_div`` sets the final eps to (mean nearest distance) /
-    eps_div: the cost is within N * eps of the optimum. Deterministic.
+    eps_div: the cost is within N * eps of the optimum. ``ws``: buffers to reuse (the same x
+    and segments in every solve that passes it, as in a Lloyd run). Deterministic.
     """
     device = x.device
     if device.type == "cuda":
@@ -444,14 +479,15 @@ def _solve(
     warm = init_labels is not None and prices is not None and not cold
     with torch_threads(solve_threads(device, S, n * k * d)):
         return _solve_body(x, offsets, centroids, centroid_offsets, capacity, prices, stats, ol, col, seg_n,
-                           seg_k, S, mm, x32, c32, init_labels if warm else None, eps_div)
+                           seg_k, S, mm, x32, c32, init_labels if warm else None, eps_div,
+                           SolveWorkspace() if ws is None else ws)
 
 
 def _solve_body(
     x: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor, centroid_offsets: torch.Tensor,
     capacity: torch.Tensor, prices: torch.Tensor | None, stats: dict | None, ol: list[int], col: list[int],
     seg_n: torch.Tensor, seg_k: torch.Tensor, S: int, mm: int, x32: torch.Tensor, c32: torch.Tensor,
-    init_labels: torch.Tensor | None, eps_div: float,
+    init_labels: torch.Tensor | None, eps_div: float, ws: SolveWorkspace,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The rest of _solve (candidates, workspaces, kernel call); same arguments, validated."""
     device = x.device
@@ -463,11 +499,11 @@ def _solve_body(
         price0 = torch.zeros(max(k, 1), dtype=torch.float32, device=device)
     else:
         price0 = prices.to(device=device, dtype=torch.float32).clamp(min=0).contiguous()
-    cand_idx = torch.full((n, mm), -1, dtype=torch.int32, device=device)
-    cand_dist = torch.zeros((n, mm), dtype=torch.float32, device=device)
-    cache_offsets, dist_cache = _cache_layout(seg_n, seg_k, mm, d, device)
+    cand_idx = ws.buffer("cand_idx", n * mm, torch.int32, device).view(n, mm).fill_(-1)
+    cand_dist = ws.buffer("cand_dist", n * mm, torch.float32, device).view(n, mm).zero_()
+    cache_offsets, dist_cache = _cache_layout(seg_n, seg_k, mm, d, device, ws)
     cache_rows = ((cache_offsets[1:] - cache_offsets[:-1]).cpu() // seg_k.clamp(min=1)).tolist()
-    cache_slot = torch.full((max(n, 1),), -1, dtype=torch.int32, device=device)
+    cache_slot = ws.buffer("cache_slot", max(n, 1), torch.int32, device).fill_(-1)
     cao = cache_offsets.cpu().tolist()
     # ||x||^2 per row: added to the kept candidates, and by the kernel to cached rows. Complete
     # lists (every segment's K_s <= m) have no cache and add it tile by tile themselves.
@@ -476,7 +512,9 @@ def _solve_body(
         _candidates_complete(x32, ol, c32, col, mm, cand_idx, cand_dist)
     else:
         if n > 0:
-            row_norm = (x32 * x32).sum(1)
+            if ws.row_norm is None:
+                ws.row_norm = row_sq_norms(x32)
+            row_norm = ws.row_norm
 
         def segment_candidates(s: int, select_threads: int) -> None:
             if ol[s + 1] <= ol[s]:
@@ -507,14 +545,14 @@ def _solve_body(
     slots = torch.where(capacity < n_of_cluster, capacity, torch.zeros_like(capacity))
     heap_offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), torch.cumsum(slots, 0)])
     h = int(heap_offsets[-1])
-    heap_bid = torch.empty(max(h, 1), dtype=torch.float32, device=device)
-    heap_pt = torch.empty(max(h, 1), dtype=torch.int32, device=device)
+    heap_bid = ws.buffer("heap_bid", max(h, 1), torch.float32, device)
+    heap_pt = ws.buffer("heap_pt", max(h, 1), torch.int32, device)
     count = torch.zeros(max(k, 1), dtype=torch.int64, device=device)
     price = price0.clone()
     dropped = torch.zeros(max(k, 1), dtype=torch.uint8, device=device)
-    stack = torch.empty(max(n, 1), dtype=torch.int32, device=device)
-    exact = torch.empty(max(n, 1), dtype=torch.uint8, device=device)
-    bound = torch.empty(max(n, 1), dtype=torch.float32, device=device)
+    stack = ws.buffer("stack", max(n, 1), torch.int32, device)
+    exact = ws.buffer("exact", max(n, 1), torch.uint8, device)
+    bound = ws.buffer("bound", max(n, 1), torch.float32, device)
     warm = init_labels is not None
     # Warm: the kernel reads the initial labels from its output array (assign.h).
     labels = init_labels.to(device=device, dtype=torch.int64).clone() if warm else torch.empty(n, dtype=torch.int64, device=device)

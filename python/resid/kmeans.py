@@ -24,6 +24,7 @@ from resid_ext.balanced import (
     FINE_EPS_DIV,
     FIRST_EPS_DIV,
     ROUGH_EPS_DIV,
+    SolveWorkspace,
     _solve,
     caller_threads,
     default_capacity,
@@ -250,15 +251,16 @@ def lloyd(
     """
     fine_from = iters + 1 - fine_tail  # index of the first solve that is fine in any case
     fine = fine_from <= 0
+    ws = SolveWorkspace()  # every solve has the same x and segments: reuse the buffers
 
     labels, prices = _solve(fn, x, offsets, centroids, centroid_offsets, capacity, prices,
-                            eps_div=FINE_EPS_DIV if fine else FIRST_EPS_DIV)
+                            eps_div=FINE_EPS_DIV if fine else FIRST_EPS_DIV, ws=ws)
     for it in range(1, iters + 1):
         if centroids.shape[0] > 0:
             centroids = _update(x, labels, centroids)
         fine = fine or it >= fine_from
         new, prices = _solve(fn, x, offsets, centroids, centroid_offsets, capacity, prices,
-                             init_labels=labels, eps_div=FINE_EPS_DIV if fine else ROUGH_EPS_DIV)
+                             init_labels=labels, eps_div=FINE_EPS_DIV if fine else ROUGH_EPS_DIV, ws=ws)
         # One problem only (early_stop): with several segments a global "no label changed"
         # would depend on which segments share the call (sharded GAOQ must give one process's
         # SIDs, and a rank may hold a single parent).
