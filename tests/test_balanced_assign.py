@@ -324,3 +324,32 @@ def test_select_candidates_cpu_matches_sorted_reference(k, m):
     dist = (part.gather(1, want) - p0[want] + xn[:, None]).clamp(min=0)
     assert torch.equal(cd[:, :mk].gather(1, order), dist)
     assert bool((ci[:, mk:] == -7).all())  # slots past min(m, K) untouched
+
+
+@pytest.mark.parametrize("k,m", [(256, 32), (64, 32), (1000, 16), (200, 3)])
+def test_select_candidates_cpu_crowded_rows(k, m):
+    # Rows where most values crowd into a sliver of the range (an auction's equilibrium makes
+    # d + price nearly equal across clusters that share a dense region), so the boundary
+    # histogram bucket is refined over several levels; some rows crowd onto exact ties and
+    # ulp-spaced values. Same reference as above: a stable sort.
+    from resid_ext import _C
+
+    g = _gen(7 * k + m)
+    t = 64
+    part = 10.0 + torch.randn(t, k, generator=g) * 1e-4
+    part[:, : k // 16] = torch.rand(t, k // 16, generator=g) * 5.0  # a few far smaller
+    part[:, -3:] = 1e6  # and a few far larger: the crowd shares one first-level bucket
+    part[1, :] = 10.0  # all equal
+    part[2, k // 2 :] = 10.0  # half tied at the crowd's value
+    ulp = torch.nextafter(torch.tensor(10.0), torch.tensor(11.0)) - 10.0
+    part[3] = 10.0 + ulp * torch.randint(0, 4, (k,), generator=g).float()  # four ulp-spaced values
+    part = part[:, torch.randperm(k, generator=g)]
+    xn = torch.rand(t, generator=g) * 10
+    mk = min(m, k)
+    ci = torch.full((t, m), -7, dtype=torch.int32)
+    cd = torch.full((t, m), -7.0)
+    _C.select_candidates_cpu(part.data_ptr(), t, k, xn.data_ptr(), 0, m, ci.data_ptr(), cd.data_ptr(), m, 0)
+    want = torch.sort(torch.argsort(part, dim=1, stable=True)[:, :mk], dim=1).values
+    got, order = torch.sort(ci[:, :mk].long(), dim=1)
+    assert torch.equal(got, want)
+    assert torch.equal(cd[:, :mk].gather(1, order), (part.gather(1, want) + xn[:, None]).clamp(min=0))

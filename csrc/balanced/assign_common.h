@@ -238,22 +238,29 @@ RESID_HD inline int32_t place(const BalancedAssignArgs& a, const Segment& sg, in
 // monotone in v (subtracting lo and scaling by a positive constant are), so an entry in a
 // lower bucket is strictly smaller than any entry in a higher one.
 constexpr int kHistBuckets = 64;
+// select_smallest refines a crowded boundary bucket at most this many times, and stops once
+// at most kSelectInsertMax entries are left for its final sorted insertion.
+constexpr int kSelectLevels = 4;
+constexpr int64_t kSelectInsertMax = 8;
 RESID_HD inline int hist_bucket(float v, float lo, float scale) {
   const int b = static_cast<int>(fmul(v - lo, scale));
   return b < kHistBuckets - 1 ? b : kHistBuckets - 1;
 }
 
-// The min(m, K) smallest w(c), c in [0, K) (ties: lower index), into ci / cw; returns the
-// largest kept w. Order: entries below the last histogram bucket in index order, then that
-// bucket's in ascending (w, index) order. Shared by list refreshes (both twins) and the CPU
-// candidate step (candidates_cpu.cpp). Branch-light passes instead of a sorted insertion
-// or nth_element over the row (both mispredict their way to ~3 us per K = 256 row):
-// (1) the row split into mk interleaved groups: the largest group minimum t0 bounds the
-// mk-th smallest from above (the group minima are mk distinct entries <= t0); (2) the
+// The min(m, K) smallest w(c), c in [0, K) (ties: lower index), into ci / cw in no
+// particular order; returns the largest kept w. Shared by list refreshes (both twins) and
+// the CPU candidate step (candidates_cpu.cpp). Branch-light passes instead of a sorted
+// insertion or nth_element over the row (both mispredict their way to ~3 us per K = 256
+// row): (1) the row split into mk interleaved groups: the largest group minimum t0 bounds
+// the mk-th smallest from above (the group minima are mk distinct entries <= t0); (2) the
 // entries <= t0 (typically 2-3 mk of them) compacted, branch-free, into val / idx (K-entry
-// workspaces); (3) a histogram of those finds the bucket holding the mk-th smallest;
-// entries of lower buckets are kept outright, those of that bucket by a sorted insertion of
-// its few entries. With K < 4 mk there is little to filter and every entry is kept.
+// workspaces); (3) a histogram of those finds the bucket holding the mk-th smallest; entries
+// of lower buckets are kept outright and that bucket's entries are compacted for the next
+// level, a histogram over their own range, until few are left (or all are equal): a sorted
+// insertion picks among those. With K < 4 mk there is little to filter and every entry
+// enters step 3. The levels matter at an auction's equilibrium: prices make d + price
+// nearly equal across the clusters that share a dense region, so one bucket may hold most
+// of the entries (one level and an insertion cost ~1.7 us per K = 256 refresh there).
 // cw[0..mk) doubles as the group-minimum scratch. W: RESID_HD float operator()(int64_t).
 template <typename W>
 RESID_HD inline float select_smallest(const W& w, int64_t K, int64_t mk, int32_t* ci, float* cw, float* val,
@@ -290,34 +297,53 @@ RESID_HD inline float select_smallest(const W& w, int64_t K, int64_t mk, int32_t
     idx[cnt] = static_cast<int32_t>(c);
     cnt += v <= t0;
   }
-  const float scale = static_cast<float>(kHistBuckets) / (t0 - lo);
-  const bool spread = t0 > lo && scale < kInf;  // else every kept entry shares bucket 0
-  int32_t hist[kHistBuckets];
-  for (int b = 0; b < kHistBuckets; ++b) hist[b] = 0;
-  for (int64_t j = 0; j < cnt; ++j) hist[spread ? hist_bucket(val[j], lo, scale) : 0] += 1;
-  int64_t below = 0;
-  int bk = 0;
-  while (below + hist[bk] < mk) below += hist[bk++];
-  // Lower buckets: kept outright, by a branch-free compaction (which entries qualify is
-  // unpredictable). A write past the last kept one lands in slot `below` (< mk), which the
-  // bucket's entries overwrite next.
-  int64_t out = 0;
-  for (int64_t j = 0; j < cnt; ++j) {
-    const int b = spread ? hist_bucket(val[j], lo, scale) : 0;
-    ci[out] = idx[j];
-    cw[out] = val[j];
-    out += b < bk;
+  // Levels: val / idx[0..cnt) (index order) hold the entries still in question, within
+  // [lo, hi]; r more are to be kept after ci / cw[0..out).
+  int64_t out = 0, r = mk;
+  float hi = t0;
+  for (int level = 0; level < kSelectLevels && cnt > r && cnt > kSelectInsertMax; ++level) {
+    const float scale = static_cast<float>(kHistBuckets) / (hi - lo);
+    if (!(hi > lo) || !(scale < kInf)) break;  // all equal (ties go by index below)
+    int32_t hist[kHistBuckets];
+    for (int b = 0; b < kHistBuckets; ++b) hist[b] = 0;
+    for (int64_t j = 0; j < cnt; ++j) hist[hist_bucket(val[j], lo, scale)] += 1;
+    int64_t below = 0;
+    int bk = 0;
+    while (below + hist[bk] < r) below += hist[bk++];
+    // Lower buckets are kept outright, bucket bk's entries stay (in place: nb <= j), both by
+    // branch-free compactions (which entries qualify is unpredictable). A write past the
+    // last kept entry lands in slot out + below < mk, which later entries overwrite.
+    int64_t nb = 0;
+    float nlo = kInf, nhi = -kInf;
+    for (int64_t j = 0; j < cnt; ++j) {
+      const float v = val[j];
+      const int32_t c = idx[j];
+      const int b = hist_bucket(v, lo, scale);
+      ci[out] = c;
+      cw[out] = v;
+      out += b < bk;
+      val[nb] = v;
+      idx[nb] = c;
+      nb += b == bk;
+      if (b == bk) {
+        nlo = v < nlo ? v : nlo;
+        nhi = v > nhi ? v : nhi;
+      }
+    }
+    r -= below;
+    cnt = nb;
+    lo = nlo;
+    hi = nhi;
   }
-  // Bucket bk: its r smallest by (w, index), by sorted insertion into cw[below..mk) (indices
-  // ascend, so ties keep the lower one).
-  const int64_t r = mk - below;
+  // The r smallest by (w, index) of the cnt left, by sorted insertion into cw[out..out + r)
+  // (indices ascend, so ties keep the lower one).
+  const int64_t base = out;
   int64_t tail = 0;
   for (int64_t j = 0; j < cnt; ++j) {
     const float v = val[j];
-    if ((spread ? hist_bucket(v, lo, scale) : 0) != bk) continue;
-    if (tail == r && !(v < cw[mk - 1])) continue;
-    int64_t pos = tail < r ? below + tail++ : mk - 1;
-    while (pos > below && v < cw[pos - 1]) {
+    if (tail == r && !(v < cw[base + r - 1])) continue;
+    int64_t pos = tail < r ? base + tail++ : base + r - 1;
+    while (pos > base && v < cw[pos - 1]) {
       cw[pos] = cw[pos - 1];
       ci[pos] = ci[pos - 1];
       --pos;
@@ -325,7 +351,7 @@ RESID_HD inline float select_smallest(const W& w, int64_t K, int64_t mk, int32_t
     cw[pos] = v;
     ci[pos] = idx[j];
   }
-  return cw[mk - 1];
+  return cw[base + r - 1];
 }
 
 // Ranking value of cluster c from a cache row: (cache[c] - price0[c]) + price[c].
