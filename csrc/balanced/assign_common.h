@@ -242,6 +242,7 @@ constexpr int kHistBuckets = 64;
 // at most kSelectInsertMax entries are left for its final sorted insertion.
 constexpr int kSelectLevels = 4;
 constexpr int64_t kSelectInsertMax = 8;
+constexpr int64_t kSelectBucketCache = 512;
 RESID_HD inline int hist_bucket(float v, float lo, float scale) {
   const int b = static_cast<int>(fmul(v - lo, scale));
   return b < kHistBuckets - 1 ? b : kHistBuckets - 1;
@@ -304,12 +305,24 @@ RESID_HD inline float select_smallest(const W& w, int64_t K, int64_t mk, int32_t
   for (int level = 0; level < kSelectLevels && cnt > r && cnt > kSelectInsertMax; ++level) {
     const float scale = static_cast<float>(kHistBuckets) / (hi - lo);
     if (!(hi > lo) || !(scale < kInf)) break;  // all equal (ties go by index below)
-    int32_t hist[kHistBuckets];
-    for (int b = 0; b < kHistBuckets; ++b) hist[b] = 0;
-    for (int64_t j = 0; j < cnt; ++j) hist[hist_bucket(val[j], lo, scale)] += 1;
+    // Two interleaved histograms: consecutive entries often share a bucket, and one
+    // counter's increments would wait on each other. Buckets are kept for the pass below
+    // when they fit kSelectBucketCache bytes.
+    int32_t hist[2][kHistBuckets];
+    for (int b = 0; b < kHistBuckets; ++b) hist[0][b] = hist[1][b] = 0;
+    uint8_t bkt[kSelectBucketCache];
+    const bool cached = cnt <= kSelectBucketCache;
+    for (int64_t j = 0; j < cnt; ++j) {
+      const int b = hist_bucket(val[j], lo, scale);
+      if (cached) bkt[j] = static_cast<uint8_t>(b);
+      hist[j & 1][b] += 1;
+    }
     int64_t below = 0;
     int bk = 0;
-    while (below + hist[bk] < r) below += hist[bk++];
+    while (below + hist[0][bk] + hist[1][bk] < r) {
+      below += hist[0][bk] + hist[1][bk];
+      ++bk;
+    }
     // Lower buckets are kept outright, bucket bk's entries stay (in place: nb <= j), both by
     // branch-free compactions (which entries qualify is unpredictable). A write past the
     // last kept entry lands in slot out + below < mk, which later entries overwrite.
@@ -318,7 +331,7 @@ RESID_HD inline float select_smallest(const W& w, int64_t K, int64_t mk, int32_t
     for (int64_t j = 0; j < cnt; ++j) {
       const float v = val[j];
       const int32_t c = idx[j];
-      const int b = hist_bucket(v, lo, scale);
+      const int b = cached ? bkt[j] : hist_bucket(v, lo, scale);
       ci[out] = c;
       cw[out] = v;
       out += b < bk;

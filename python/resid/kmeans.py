@@ -40,8 +40,10 @@ FINE_TAIL = 1
 #: k-means++ runs on a seeded subsample of at most this many points per cluster.
 SEED_SAMPLE_PER_CLUSTER = 32
 
-#: balanced_kmeans runs the first half of its Lloyd iterations on a seeded sample of
-#: max(N / WARMUP_SAMPLE_DIV, WARMUP_SAMPLE_PER_CLUSTER * k) rows, when that is at most N / 4.
+#: balanced_kmeans runs the first iters * WARMUP_FRACTION (rounded down) of its Lloyd
+#: iterations on a seeded sample of max(N / WARMUP_SAMPLE_DIV, WARMUP_SAMPLE_PER_CLUSTER * k)
+#: rows, when that is at most N / 4.
+WARMUP_FRACTION = 0.5
 WARMUP_SAMPLE_DIV = 10
 WARMUP_SAMPLE_PER_CLUSTER = 32
 
@@ -206,7 +208,7 @@ def _kmeans_body(fn: str, x: torch.Tensor, k: int, iters: int, seed: int) -> Bal
     centroids = _kmeanspp(x32, k, gen)
     c_off = torch.tensor([0, k], dtype=torch.int64, device=dev)
     sample_n = max(n // WARMUP_SAMPLE_DIV, WARMUP_SAMPLE_PER_CLUSTER * k)
-    warmup = iters // 2 if 4 * sample_n <= n else 0
+    warmup = int(iters * WARMUP_FRACTION) if 4 * sample_n <= n else 0
     if warmup > 0:
         pick = torch.randperm(n, generator=gen)[:sample_n].to(dev)
         xs = x32[pick].contiguous()
