@@ -276,7 +276,8 @@ def _candidates(
     clusters of smallest d + p0, in any order; x: [n, d], xn: [n] its squared row norms,
     c: [K, d], p0: [K] float32. The GEMM tiles of rows 0..r-1 are written straight into
     ``cache`` [r, K] (r <= n, optional; the kernel's refresh cache, see assign.h).
-    ``select_threads``: OpenMP threads of the CPU selection (0: the OpenMP default)."""
+    ``select_threads``: OpenMP threads of the CPU selection (0: the OpenMP default, which
+    torch_threads also sets)."""
     n, k = x.shape[0], c.shape[0]
     if n == 0:
         return
@@ -538,8 +539,12 @@ def _solve_body(
             with concurrent.futures.ThreadPoolExecutor(workers) as pool:
                 list(pool.map(lambda s: segment_candidates(s, 1), range(S)))
         else:
+            # The selection runs on the caller's thread count even where torch was held to one
+            # thread for this solve (solve_threads): one OpenMP region per tile is not the
+            # many small ops that a busy core slows down (10k x 128, K=64, 20 iterations: 171
+            # -> 148 ms on 2 idle cores, 212 -> 195 ms with one core busy).
             for s in range(S):
-                segment_candidates(s, 0)
+                segment_candidates(s, caller_threads())
     # Heap slots: cluster k is bounded (needs a heap of cap_k bids) iff cap_k < its segment's N.
     n_of_cluster = torch.repeat_interleave(seg_n, seg_k).to(device)
     slots = torch.where(capacity < n_of_cluster, capacity, torch.zeros_like(capacity))
