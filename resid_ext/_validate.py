@@ -41,6 +41,8 @@ def check_same_device(fn: str, **tensors: torch.Tensor) -> torch.device:
 
 def check_finite(t: torch.Tensor, name: str, fn: str) -> None:
     """Reject NaN/inf, naming the first bad row so the user can find it."""
+    if bool(torch.isfinite(t).all()):  # the common case: one pass, one bool temporary
+        return
     bad = ~torch.isfinite(t)
     if bool(bad.any()):
         idx = torch.nonzero(bad)[0].tolist()

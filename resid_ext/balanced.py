@@ -95,13 +95,16 @@ class SolveWorkspace:
     A solve's workspaces are large (at 1M x 128, K=256: a 1 GiB distance cache and 256 MiB
     of candidate lists) and fresh memory is paid for in page faults on first touch, on
     every solve. Reusing them across a run's solves takes that out (with ||x||^2, which
-    depends on x alone). Use one workspace per x: ``row_norm`` belongs to the x it was
-    first computed for.
+    depends on x alone, and the cache and heap layouts, which depend on the segments and
+    capacities alone). Use one workspace per x and capacities: ``row_norm`` belongs to the x
+    it was first computed for.
     """
 
     def __init__(self) -> None:
         self._bufs: dict[str, torch.Tensor] = {}
         self.row_norm: torch.Tensor | None = None
+        # (key, state) of what depends on the segments and capacities only (_solve_body).
+        self.layout: tuple[tuple, dict] | None = None
 
     def buffer(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A 1-D tensor of ``numel`` elements, uninitialised (the previous solve's contents)."""
@@ -364,14 +367,12 @@ def _candidates_complete(
 _CACHE_BUDGET_FLOATS: int | None = None
 
 
-def _cache_layout(
-    seg_n: torch.Tensor, seg_k: torch.Tensor, m: int, d: int, device: torch.device, ws: SolveWorkspace
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _cache_layout(seg_n: torch.Tensor, seg_k: torch.Tensor, m: int, d: int) -> torch.Tensor:
     """Distance cache for refreshed points (assign.h; the GEMM tiles are written into it):
     segments whose lists are partial (K_s > m) get rows of K_s floats in proportion to their
     size, within a budget of max(2*N*d, 4M) floats, so peak memory stays O(N*d) like x
     itself (never N x K).
-    Returns (cache_offsets [S+1] int64 float offsets, dist_cache [>=1] float32)."""
+    Returns cache_offsets [S+1] int64 (CPU): float offsets of each segment's rows."""
     n_tot, d = int(seg_n.sum()), max(d, 1)
     budget = max(2 * n_tot * d, 1 << 22) if _CACHE_BUDGET_FLOATS is None else _CACHE_BUDGET_FLOATS
     partial = seg_k > m
@@ -380,9 +381,36 @@ def _cache_layout(
     if total_want > budget:
         rows = (seg_n.double() * budget / max(n_tot, 1) / seg_k.clamp(min=1).double()).floor().long()
         want = torch.where(partial, torch.minimum(rows, seg_n) * seg_k, torch.zeros_like(seg_n))
-    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(want, 0)])
-    cache = ws.buffer("dist_cache", max(int(offsets[-1]), 1), torch.float32, device)
-    return offsets.to(device), cache
+    return torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(want, 0)])
+
+
+def _layout(
+    ws: SolveWorkspace, capacity: torch.Tensor, seg_n: torch.Tensor, seg_k: torch.Tensor, ol: list[int], mm: int,
+    d: int, device: torch.device,
+) -> dict:
+    """What a solve's workspaces look like given its segments and capacities (the same for
+    every solve of a Lloyd run, so computed once per workspace): the distance cache's
+    layout and row of each point, and the bid heaps' offsets."""
+    key = (tuple(ol), tuple(seg_k.tolist()), mm, d, str(device), capacity.data_ptr(), capacity._version)
+    if ws.layout is not None and ws.layout[0] == key:
+        return ws.layout[1]
+    n = ol[-1]
+    cache_offsets = _cache_layout(seg_n, seg_k, mm, d)
+    cache_rows = ((cache_offsets[1:] - cache_offsets[:-1]) // seg_k.clamp(min=1)).tolist()
+    cache_slot = torch.full((max(n, 1),), -1, dtype=torch.int32)
+    for s, r in enumerate(cache_rows):
+        if r > 0:  # cached rows: the first r points of the segment
+            cache_slot[ol[s] : ol[s] + r] = torch.arange(r, dtype=torch.int32)
+    # Heap slots: cluster k is bounded (needs a heap of cap_k bids) iff cap_k < its segment's N.
+    n_of_cluster = torch.repeat_interleave(seg_n, seg_k).to(device)
+    slots = torch.where(capacity < n_of_cluster, capacity, torch.zeros_like(capacity))
+    heap_offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), torch.cumsum(slots, 0)])
+    lay = {
+        "cache_offsets": cache_offsets.to(device), "cache_rows": cache_rows, "cao": cache_offsets.tolist(),
+        "cache_slot": cache_slot.to(device), "heap_offsets": heap_offsets, "h": int(heap_offsets[-1]),
+    }
+    ws.layout = (key, lay)
+    return lay
 
 
 #: Cold starts estimate prices on a sample of this many points per cluster (see _estimate_prices).
@@ -502,10 +530,10 @@ def _solve_body(
         price0 = prices.to(device=device, dtype=torch.float32).clamp(min=0).contiguous()
     cand_idx = ws.buffer("cand_idx", n * mm, torch.int32, device).view(n, mm).fill_(-1)
     cand_dist = ws.buffer("cand_dist", n * mm, torch.float32, device).view(n, mm).zero_()
-    cache_offsets, dist_cache = _cache_layout(seg_n, seg_k, mm, d, device, ws)
-    cache_rows = ((cache_offsets[1:] - cache_offsets[:-1]).cpu() // seg_k.clamp(min=1)).tolist()
-    cache_slot = ws.buffer("cache_slot", max(n, 1), torch.int32, device).fill_(-1)
-    cao = cache_offsets.cpu().tolist()
+    lay = _layout(ws, capacity, seg_n, seg_k, ol, mm, d, device)
+    cache_offsets, cache_rows, cao = lay["cache_offsets"], lay["cache_rows"], lay["cao"]
+    dist_cache = ws.buffer("dist_cache", max(cao[-1], 1), torch.float32, device)
+    cache_slot, heap_offsets, h = lay["cache_slot"], lay["heap_offsets"], lay["h"]
     # ||x||^2 per row: added to the kept candidates, and by the kernel to cached rows. Complete
     # lists (every segment's K_s <= m) have no cache and add it tile by tile themselves.
     row_norm = torch.zeros(1, dtype=torch.float32, device=device)
@@ -520,10 +548,8 @@ def _solve_body(
         def segment_candidates(s: int, select_threads: int) -> None:
             if ol[s + 1] <= ol[s]:
                 return
-            r = cache_rows[s]
+            r = cache_rows[s]  # pre-filled cache rows: the first r points of the segment
             cache = dist_cache[cao[s] : cao[s + 1]].view(r, col[s + 1] - col[s]) if r > 0 else None
-            if r > 0:  # pre-filled rows: the first r points of the segment
-                cache_slot[ol[s] : ol[s] + r] = torch.arange(r, dtype=torch.int32, device=device)
             _candidates(
                 x32[ol[s] : ol[s + 1]], row_norm[ol[s] : ol[s + 1]], c32[col[s] : col[s + 1]],
                 price0[col[s] : col[s + 1]], mm, cand_idx[ol[s] : ol[s + 1]], cand_dist[ol[s] : ol[s + 1]], cache,
@@ -542,14 +568,9 @@ def _solve_body(
             # The selection runs on the caller's thread count even where torch was held to one
             # thread for this solve (solve_threads): one OpenMP region per tile is not the
             # many small ops that a busy core slows down (10k x 128, K=64, 20 iterations: 171
-            # -> 148 ms on 2 idle cores, 212 -> 195 ms with one core busy).
+            # -> ~150 ms on 2 idle cores, 212 -> 195 ms with one core busy).
             for s in range(S):
                 segment_candidates(s, caller_threads())
-    # Heap slots: cluster k is bounded (needs a heap of cap_k bids) iff cap_k < its segment's N.
-    n_of_cluster = torch.repeat_interleave(seg_n, seg_k).to(device)
-    slots = torch.where(capacity < n_of_cluster, capacity, torch.zeros_like(capacity))
-    heap_offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), torch.cumsum(slots, 0)])
-    h = int(heap_offsets[-1])
     heap_bid = ws.buffer("heap_bid", max(h, 1), torch.float32, device)
     heap_pt = ws.buffer("heap_pt", max(h, 1), torch.int32, device)
     count = torch.zeros(max(k, 1), dtype=torch.int64, device=device)

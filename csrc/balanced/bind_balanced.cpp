@@ -82,11 +82,11 @@ void bind_balanced(py::module_& m) {
       "Internal.");
   m.def(
       "cluster_sums_cpu",
-      [](std::uintptr_t x, std::uintptr_t labels, int64_t n, int64_t d, int64_t k, std::uintptr_t out) {
+      [](std::uintptr_t x, std::uintptr_t labels, int64_t n, int64_t d, int64_t k, std::uintptr_t out, int threads) {
         py::gil_scoped_release release;
-        resid::cluster_sums_cpu(ptr<const float>(x), ptr<const int64_t>(labels), n, d, k, ptr<float>(out));
+        resid::cluster_sums_cpu(ptr<const float>(x), ptr<const int64_t>(labels), n, d, k, ptr<float>(out), threads);
       },
-      "(x, labels, n, d, k, out): see csrc/balanced/candidates.h. Internal.");
+      "(x, labels, n, d, k, out, threads or 0): see csrc/balanced/candidates.h. Internal.");
   m.def(
       "balanced_assign_cpu",
       [](int64_t S, int64_t d, int64_t mm, int64_t warm, double ed, std::uintptr_t o, std::uintptr_t co, std::uintptr_t ci,

@@ -14,7 +14,9 @@ void select_candidates_cpu(const float* part, int64_t t, int64_t K, const float*
                            int32_t* cand_idx, float* cand_dist, int64_t ld, int threads);
 
 // out [k, d] = per-cluster sums of the rows of x [n, d] by labels [n] (each in [0, k)),
-// summed in row order (deterministic).
-void cluster_sums_cpu(const float* x, const int64_t* labels, int64_t n, int64_t d, int64_t k, float* out);
+// summed in row order (deterministic), column blocks on `threads` OpenMP threads (0: the
+// OpenMP default).
+void cluster_sums_cpu(const float* x, const int64_t* labels, int64_t n, int64_t d, int64_t k, float* out,
+                      int threads);
 
 }  // namespace resid

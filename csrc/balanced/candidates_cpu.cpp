@@ -58,12 +58,16 @@ void select_candidates_cpu(const float* part, int64_t t, int64_t K, const float*
   }
 }
 
-void cluster_sums_cpu(const float* x, const int64_t* labels, int64_t n, int64_t d, int64_t k, float* out) {
+void cluster_sums_cpu(const float* x, const int64_t* labels, int64_t n, int64_t d, int64_t k, float* out,
+                      int threads) {
   std::fill(out, out + k * d, 0.f);
   // Column blocks of 16 floats per task: each thread sums all rows, in order, for its columns.
   const int64_t blocks = (d + 15) / 16;
 #ifdef RESID_WITH_OPENMP
-#pragma omp parallel for schedule(static)
+  if (threads <= 0) threads = omp_get_max_threads();
+#pragma omp parallel for schedule(static) num_threads(threads) if (blocks > 1 && n * d >= (1 << 16))
+#else
+  (void)threads;
 #endif
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t j0 = b * 16, j1 = std::min(d, j0 + 16);

@@ -148,10 +148,12 @@ def seed_segments(
 def _centroid_sums(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """Per-cluster row sums [k, d] in a fixed order (deterministic on CPU and CUDA)."""
     if x.device.type == "cpu":
-        # C++, rows in order (x and labels contiguous): no copy of x, unlike sort + gather.
+        # C++, rows in order (x and labels contiguous): no copy of x, unlike sort + gather. On
+        # the caller's threads, also where a small solve holds torch to one (one region).
         sums = torch.empty((k, x.shape[1]), dtype=torch.float32)
         xc, lc = x.contiguous(), labels.contiguous()
-        _C.cluster_sums_cpu(xc.data_ptr(), lc.data_ptr(), xc.shape[0], xc.shape[1], k, sums.data_ptr())
+        _C.cluster_sums_cpu(xc.data_ptr(), lc.data_ptr(), xc.shape[0], xc.shape[1], k, sums.data_ptr(),
+                            caller_threads())
         return sums
     # CUDA atomics would make the sums order-dependent: a one-hot GEMM per chunk is fixed.
     sums = torch.zeros((k, x.shape[1]), dtype=x.dtype, device=x.device)
