@@ -84,6 +84,30 @@ def test_refresh_cache_budget_keeps_quality(budget, monkeypatch):
     assert assignment_cost(x, c, labels) <= exact * 1.01
 
 
+@pytest.mark.parametrize("segments", [1, 3])
+def test_workspace_reuse_gives_the_fresh_result(segments):
+    # resid.kmeans.lloyd hands one SolveWorkspace to all its solves (the buffers keep the
+    # previous solve's contents, the layout is computed once): every solve must return what
+    # it returns with fresh buffers, cold and warm, partial lists (K_s > 32) and complete.
+    from resid_ext.balanced import SolveWorkspace, _solve
+
+    g = _gen(31 + segments)
+    n_s, k_s = [300, 0, 200][:segments], [40, 0, 20][:segments]
+    x = torch.randn(sum(n_s), 8, generator=g)
+    off = torch.tensor([0, *torch.cumsum(torch.tensor(n_s), 0).tolist()])
+    coff = torch.tensor([0, *torch.cumsum(torch.tensor(k_s), 0).tolist()])
+    cap = torch.cat([default_capacity(n, k) for n, k in zip(n_s, k_s) if k > 0])
+    ws = SolveWorkspace()
+    labels, prices = None, None
+    for step in range(4):
+        c = torch.randn(int(coff[-1]), 8, generator=g) * (1.0 + step)
+        got = _solve("t", x, off, c, coff, cap, prices, init_labels=labels, ws=ws)
+        want = _solve("t", x, off, c, coff, cap, prices, init_labels=labels)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), step
+        labels, prices = got
+    assert ws.layout is not None and ws.row_norm is not None
+
+
 @pytest.mark.parametrize("n,k,d", [(512, 8, 16), (512, 64, 8), (400, 40, 32), (480, 24, 8)])
 def test_warm_start_stays_near_optimal(n, k, d):
     # Lloyd's warm path (resid.kmeans.lloyd): labels and prices of a solve against moved
