@@ -255,7 +255,7 @@ def lloyd(
     """
     fine_from = iters + 1 - fine_tail  # index of the first solve that is fine in any case
     fine = fine_from <= 0
-    ws = SolveWorkspace()  # every solve has the same x and segments: reuse the buffers
+    ws = SolveWorkspace()  # every solve has the same x, segments and capacities: reuse buffers
 
     labels, prices = _solve(fn, x, offsets, centroids, centroid_offsets, capacity, prices,
                             eps_div=FINE_EPS_DIV if fine else FIRST_EPS_DIV, ws=ws)
