@@ -488,8 +488,8 @@ def _solve(
     returned, same capacities), the solve is warm: points whose cluster is still nearly their
     best at those prices keep it and only the others bid (a Lloyd step moves centroids little).
     ``cold`` forces a cold start. ``eps_div`` sets the final eps to (mean nearest distance) /
-    eps_div: the cost is within N * eps of the optimum. ``ws``: buffers to reuse (the same x
-    and segments in every solve that passes it, as in a Lloyd run). Deterministic.
+    eps_div: the cost is within N * eps of the optimum. ``ws``: buffers to reuse (the same x,
+    segments and capacities in every solve that passes it, as in a Lloyd run). Deterministic.
     """
     device = x.device
     if device.type == "cuda":
@@ -570,7 +570,7 @@ def _solve_body(
             # many small ops that a busy core slows down (10k x 128, K=64, 20 iterations: 171
             # -> ~150 ms on 2 idle cores, 212 -> 195 ms with one core busy).
             for s in range(S):
-                segment_candidates(s, caller_threads())
+                segment_candidates(s, workers)
     heap_bid = ws.buffer("heap_bid", max(h, 1), torch.float32, device)
     heap_pt = ws.buffer("heap_pt", max(h, 1), torch.int32, device)
     count = torch.zeros(max(k, 1), dtype=torch.int64, device=device)

@@ -97,7 +97,8 @@ RESID_HD inline void prefetch_point(const BalancedAssignArgs& a, int64_t row) {
 #if !defined(__CUDA_ARCH__)
   const char* ci = reinterpret_cast<const char*>(a.cand_idx + row * a.m);
   const char* cd = reinterpret_cast<const char*>(a.cand_dist + row * a.m);
-  for (int64_t b = 0; b < a.m * 4; b += 64) {
+  const int64_t bytes = a.m * static_cast<int64_t>(sizeof(float));  // = sizeof(int32_t)
+  for (int64_t b = 0; b < bytes; b += 64) {
     __builtin_prefetch(ci + b);
     __builtin_prefetch(cd + b);
   }
