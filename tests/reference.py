@@ -43,3 +43,24 @@ def argmin_then_spill(x: torch.Tensor, c: torch.Tensor, capacity: torch.Tensor) 
                 labels[i] = k
                 break
     return torch.from_numpy(labels)
+
+
+def kmeanspp_indices(x: torch.Tensor, k: int, first: int, u: np.ndarray) -> list[int]:
+    """k-means++ without shortcuts (float64): centre 0 is row `first`; centre t is the first row
+    whose running sum of squared distances to the nearest centre exceeds u[t-1] * total, or,
+    when every distance is 0, the floor(u[t-1] * free)-th row not yet chosen."""
+    xd = x.double().cpu().numpy()
+    idx = [first]
+    d2 = ((xd - xd[first]) ** 2).sum(1)
+    d2[first] = 0.0
+    for t in range(1, k):
+        total = float(np.cumsum(d2)[-1])
+        if total > 0:
+            nxt = int(np.searchsorted(np.cumsum(d2), u[t - 1] * total, side="right"))
+        else:
+            free = [i for i in range(len(xd)) if i not in idx]
+            nxt = free[min(int(u[t - 1] * len(free)), len(free) - 1)]
+        idx.append(nxt)
+        d2 = np.minimum(d2, ((xd - xd[nxt]) ** 2).sum(1))
+        d2[nxt] = 0.0
+    return idx

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import assignment_cost
+from reference import assignment_cost, kmeanspp_indices
 
 from resid.kmeans import balanced_kmeans, balanced_kmeans_segmented
 from resid_ext import default_capacity
@@ -152,3 +152,22 @@ def test_warmup_schedule_follows_the_sample_size(monkeypatch, k, sample, warmup)
         assert calls == [(sample, warmup - 1), (10240, 20 - warmup)]
     else:
         assert calls == [(10240, 20)]
+
+
+@pytest.mark.parametrize(("n", "d", "k", "dup"), [(300, 8, 40, 1), (200, 5, 200, 1), (60, 4, 45, 3), (500, 16, 7, 1)])
+def test_kmeanspp_cpu_matches_the_plain_reference(n, d, k, dup):
+    # The C++ seeding skips rows by the triangle inequality; the picks must be the plain
+    # algorithm's. dup=3: every row three times, so the draws run out of positive distances
+    # (k > n / 3 distinct rows) and fall back to uniform picks among the unchosen rows.
+    import numpy as np
+
+    from resid_ext import _C
+
+    g = torch.Generator().manual_seed(n + k)
+    x = (torch.randn(n // dup, d, generator=g) * torch.rand(n // dup, 1, generator=g) * 5).repeat(dup, 1).contiguous()
+    rng = np.random.default_rng(k)
+    first, u = int(rng.integers(x.shape[0])), rng.random(k - 1)
+    out = torch.empty(k, dtype=torch.int64)
+    _C.kmeanspp_cpu(x.data_ptr(), x.shape[0], d, k, first, torch.from_numpy(u).data_ptr(), out.data_ptr())
+    assert out.tolist() == kmeanspp_indices(x, k, first, u)
+    assert len(set(out.tolist())) == k  # never the same row twice

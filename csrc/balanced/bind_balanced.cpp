@@ -88,6 +88,13 @@ void bind_balanced(py::module_& m) {
       },
       "(x, labels, n, d, k, out, threads or 0): see csrc/balanced/candidates.h. Internal.");
   m.def(
+      "kmeanspp_cpu",
+      [](std::uintptr_t x, int64_t p, int64_t d, int64_t k, int64_t first, std::uintptr_t u, std::uintptr_t out) {
+        py::gil_scoped_release release;
+        resid::kmeanspp_cpu(ptr<const float>(x), p, d, k, first, ptr<const double>(u), ptr<int64_t>(out));
+      },
+      "(x, p, d, k, first, u, out): see csrc/balanced/candidates.h. Internal.");
+  m.def(
       "balanced_assign_cpu",
       [](int64_t S, int64_t d, int64_t mm, int64_t warm, double ed, std::uintptr_t o, std::uintptr_t co, std::uintptr_t ci,
          std::uintptr_t cd, std::uintptr_t p0, std::uintptr_t cap, std::uintptr_t x, std::uintptr_t c, std::uintptr_t ho,
