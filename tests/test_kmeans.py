@@ -130,11 +130,13 @@ def test_segment_pools_give_the_serial_result(monkeypatch):
     assert torch.equal(pooled.labels, serial.labels)
 
 
-@pytest.mark.parametrize(("k", "sample", "warmup"), [(2, 1024, 15), (8, 1024, 10), (64, 2048, 10), (128, 0, 0)])
-def test_warmup_schedule_follows_the_sample_size(monkeypatch, k, sample, warmup):
+@pytest.mark.parametrize(("k", "iters", "sample", "warmup"),
+                         [(2, 20, 1024, 15), (2, 10, 1024, 5), (8, 20, 1024, 10), (64, 20, 2048, 10), (128, 20, 0, 0)])
+def test_warmup_schedule_follows_the_sample_size(monkeypatch, k, iters, sample, warmup):
     # n = 10240: the warm-up sample holds max(n / 10, 32 k) rows, used when that is <= n / 4.
-    # k=2: 512 rows per cluster (>= WARMUP_LARGE_PER_CLUSTER) -> 3/4 of the 20 iterations on
-    # it; k=8 (128 per cluster) and k=64 (32) -> half; k=128: a 4096-row sample is > n / 4.
+    # k=2: 512 rows per cluster (>= WARMUP_LARGE_PER_CLUSTER) -> all but the last 5 of the 20
+    # iterations on it; k=8 (128 per cluster) and k=64 (32) -> half; k=128: a 4096-row sample
+    # is > n / 4.
     import resid.kmeans as rk
 
     calls = []
@@ -146,12 +148,12 @@ def test_warmup_schedule_follows_the_sample_size(monkeypatch, k, sample, warmup)
 
     monkeypatch.setattr(rk, "lloyd", spy)
     x, _ = _blobs([4000, 3000, 2000, 1240], 4, seed=13)
-    _, labels = balanced_kmeans(x, k, iters=20, seed=0)
+    _, labels = balanced_kmeans(x, k, iters=iters, seed=0)
     assert torch.equal(torch.bincount(labels, minlength=k), default_capacity(10240, k))
     if warmup:
-        assert calls == [(sample, warmup - 1), (10240, 20 - warmup)]
+        assert calls == [(sample, warmup - 1), (10240, iters - warmup)]
     else:
-        assert calls == [(10240, 20)]
+        assert calls == [(10240, iters)]
 
 
 @pytest.mark.parametrize(("n", "d", "k", "dup"), [(300, 8, 40, 1), (200, 5, 200, 1), (60, 4, 45, 3), (500, 16, 7, 1)])
