@@ -29,7 +29,7 @@ double sq_dist(const float* xr, const double* c, int64_t d) {
 }  // namespace
 
 void kmeanspp_cpu(const float* x, int64_t p, int64_t d, int64_t k, int64_t first, const double* u, int64_t* out) {
-  if (k <= 0 || p <= 0) return;
+  if (k <= 0 || p <= 0 || k > p) return;  // the caller checks 1 <= k <= p
   std::vector<double> centres(static_cast<size_t>(k * d));  // chosen centres, float64
   std::vector<double> d2(static_cast<size_t>(p));           // squared distance to the nearest centre
   std::vector<int32_t> nearest(static_cast<size_t>(p), 0);  // its index among the chosen

@@ -111,6 +111,8 @@ def _kmeanspp_from(x: torch.Tensor, k: int, sample: torch.Tensor, rng_seed: int)
     streamed the whole float64 sample per centre at d=640 (0.82 s at 100k x 640, K=256).
     """
     p = sample.numel()
+    if not 1 <= k <= p:  # _seed_draws guarantees it; the C++ loop relies on it
+        raise RuntimeError(f"k-means++: k={k} centres need 1 <= k <= {p} sampled rows")
     rng = np.random.default_rng(rng_seed)
     first = int(rng.integers(p))
     u = torch.from_numpy(rng.random(max(k - 1, 0)))  # float64, one draw per later centre
