@@ -55,8 +55,8 @@ struct BalancedAssignArgs {
                                //     in (warm only): the previous solve's labels
 };
 
-// CPU twin: OpenMP across segments. The spec.
-void balanced_assign_cpu(const BalancedAssignArgs& a);
+// CPU twin: OpenMP across segments on `threads` threads (0: the OpenMP default). The spec.
+void balanced_assign_cpu(const BalancedAssignArgs& a, int threads);
 
 #ifdef RESID_WITH_CUDA
 // CUDA twin: same per-segment routine, one thread per segment, on `stream` (a cudaStream_t).

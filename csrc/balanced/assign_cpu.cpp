@@ -7,12 +7,21 @@
 #include "balanced/assign.h"
 #include "balanced/assign_common.h"
 
+#ifdef RESID_WITH_OPENMP
+#include <omp.h>
+#endif
+
 namespace resid {
 
-void balanced_assign_cpu(const BalancedAssignArgs& a) {
+void balanced_assign_cpu(const BalancedAssignArgs& a, int threads) {
   const int64_t S = a.num_segments;
 #ifdef RESID_WITH_OPENMP
-#pragma omp parallel for schedule(dynamic, 1) if (S > 1)
+  // An explicit count: the wrapper holds torch (and with it OpenMP's default) to one thread
+  // for many-segment solves, whose torch ops are small; the segments themselves are not.
+  if (threads <= 0) threads = omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (S > 1)
+#else
+  (void)threads;
 #endif
   for (int64_t s = 0; s < S; ++s) balanced_detail::resolve_segment(a, s);
 }

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <string>
 
 #include "balanced/assign.h"
 #include "balanced/candidates.h"
@@ -100,13 +101,13 @@ void bind_balanced(py::module_& m) {
          std::uintptr_t cd, std::uintptr_t p0, std::uintptr_t cap, std::uintptr_t x, std::uintptr_t c, std::uintptr_t ho,
          std::uintptr_t hb, std::uintptr_t hp, std::uintptr_t cnt, std::uintptr_t pr, std::uintptr_t dr, std::uintptr_t st,
          std::uintptr_t ex, std::uintptr_t bd, std::uintptr_t lab, std::uintptr_t cao, std::uintptr_t dc,
-         std::uintptr_t cs, std::uintptr_t cp, std::uintptr_t rn, std::uintptr_t sv, std::uintptr_t si) {
+         std::uintptr_t cs, std::uintptr_t cp, std::uintptr_t rn, std::uintptr_t sv, std::uintptr_t si, int threads) {
         const auto a =
             make_args(S, d, mm, warm, ed, o, co, ci, cd, p0, cap, x, c, ho, hb, hp, cnt, pr, dr, st, ex, bd, lab, cao, dc, cs, cp, rn, sv, si);
         py::gil_scoped_release release;
-        resid::balanced_assign_cpu(a);
+        resid::balanced_assign_cpu(a, threads);
       },
-      kArgsDoc);
+      (std::string(kArgsDoc) + " Last argument: OpenMP threads across segments (0: the OpenMP default).").c_str());
 #ifdef RESID_WITH_CUDA
   m.def(
       "balanced_assign_cuda",
