@@ -173,3 +173,50 @@ def test_kmeanspp_cpu_matches_the_plain_reference(n, d, k, dup):
     _C.kmeanspp_cpu(x.data_ptr(), x.shape[0], d, k, first, torch.from_numpy(u).data_ptr(), out.data_ptr())
     assert out.tolist() == kmeanspp_indices(x, k, first, u)
     assert len(set(out.tolist())) == k  # never the same row twice
+
+
+def test_row_split_solves_a_balanced_labelling_of_the_whole():
+    # The parts share every capacity: their labels, put back in row order, are a balanced
+    # labelling of the whole problem, each part holding exactly its share, at a cost close to
+    # the whole problem's solve (a random partition constrains it only a little).
+    import resid.kmeans as rk
+    from resid_ext import balanced_assign
+
+    x, _ = _blobs([1500, 900, 600], 8, seed=14, spread=2.0)
+    k = 5
+    cap = default_capacity(3000, k)
+    cent = x[torch.randperm(3000, generator=torch.Generator().manual_seed(1))[:k]].clone()
+    split = rk._RowSplit(x, cap, k, 2, torch.Generator().manual_seed(2))
+    labels, prices = split.solve("test", cent, None, None, rk.FINE_EPS_DIV)
+    assert prices.shape == (2 * k,)
+    assert torch.equal(torch.bincount(labels, minlength=k), cap)
+    for i in range(2):
+        rows = split.perm[split.offsets[i]:split.offsets[i + 1]]
+        assert torch.equal(torch.bincount(labels[rows], minlength=k), split.capacity[i * k:(i + 1) * k])
+    whole = assignment_cost(x, cent, balanced_assign(x, cent, cap))
+    assert whole * 0.999 <= assignment_cost(x, cent, labels) <= whole * 1.02
+
+
+def test_balanced_kmeans_splits_its_rough_solves_when_parts_are_large(monkeypatch):
+    # n = 10240, k = 2: parts of 5120 rows hold >= SPLIT_MIN_ROWS_PER_CLUSTER rows per cluster.
+    # 6 iterations: 3 on the warm-up sample, then 4 all-rows solves of which the first 2 run as
+    # parts and the last rough one and the fine one on the whole problem.
+    import resid.kmeans as rk
+
+    calls = []
+    real = rk._RowSplit.solve
+
+    def spy(self, *args, **kw):
+        calls.append(self.parts)
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(rk._RowSplit, "solve", spy)
+    x, _ = _blobs([4000, 3000, 2000, 1240], 4, seed=15)
+    a = balanced_kmeans(x, 2, iters=6, seed=0)
+    assert calls == [2, 2]
+    assert torch.equal(torch.bincount(a.labels, minlength=2), default_capacity(10240, 2))
+    b = balanced_kmeans(x, 2, iters=6, seed=0)
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.centroids, b.centroids)
+    calls.clear()
+    balanced_kmeans(x, 64, iters=6, seed=0)  # 80 rows per cluster per part: no split
+    assert calls == []
