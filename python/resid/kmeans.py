@@ -182,9 +182,12 @@ class _RowSplit:
     balanced labelling of the parts is one of the whole. Each part's assignment is optimal
     for the part, not for the whole: for rough Lloyd steps only, which just move centroids.
     The segmented kernel solves the parts at once, in parallel on CPU (one problem's auction
-    is sequential). Measured at 2 threads, 20 iterations, K=256: 1M x 128 28.1 -> 25.4 s and
-    36.3 -> 27.9 s on two data seeds, 100k x 640 7.42 -> 6.34 s, 300k x 128 9.71 -> 9.24 s;
-    final cost -1.08%, -1.0%, -0.45%, -0.06% (the final solves are on the whole problem)."""
+    is sequential). Measured at 2 threads, 20 iterations, K=256 (bench data, data seeds 0-2):
+    1M x 128 28.1 -> 24.6 s, 35.4 -> 26.2 s, 25.2 -> 27.7 s, final cost -0.33%, -0.01%,
+    -0.02%; 300k x 128 9.73 -> 9.41 s and 9.61 -> 9.50 s, cost -0.03% and -0.1%; 100k x 640
+    7.42 -> 6.30 s, cost -0.53%; 20k x 64, K=64, 10 iterations: same time, cost +0.15%. The
+    final solves are on the whole problem, so the final labels are as balanced and as close to
+    optimal for the final centroids as before."""
 
     def __init__(self, x: torch.Tensor, capacity: torch.Tensor, k: int, parts: int, gen: torch.Generator) -> None:
         n, dev = x.shape[0], x.device
