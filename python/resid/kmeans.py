@@ -177,7 +177,7 @@ def _update(x: torch.Tensor, labels: torch.Tensor, old: torch.Tensor) -> torch.T
 
 class _RowSplit:
     """One problem (all rows, k clusters) solved as ``parts`` independent problems on a seeded
-    random partition of its rows: part i holds rows ``perm[o_i:o_i+1]`` (a copy of x in that
+    random partition of its rows: part i holds rows ``perm[o[i]:o[i+1]]`` (a copy of x in that
     order) and a share of every capacity, the shares adding up to the problem's, so a
     balanced labelling of the parts is one of the whole. Each part's assignment is optimal
     for the part, not for the whole: for rough Lloyd steps only, which just move centroids.
