@@ -44,7 +44,6 @@ def check_finite(t: torch.Tensor, name: str, fn: str) -> None:
     if bool(torch.isfinite(t).all()):  # the common case: one pass, one bool temporary
         return
     bad = ~torch.isfinite(t)
-    if bool(bad.any()):
-        idx = torch.nonzero(bad)[0].tolist()
-        count = int(bad.sum())
-        raise ValueError(f"{fn}: {name} has {count} non-finite value(s) (NaN/inf), first at index {idx}")
+    idx = torch.nonzero(bad)[0].tolist()
+    count = int(bad.sum())
+    raise ValueError(f"{fn}: {name} has {count} non-finite value(s) (NaN/inf), first at index {idx}")

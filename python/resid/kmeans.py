@@ -194,7 +194,8 @@ class _RowSplit:
         self.k, self.parts = k, parts
         self.perm = torch.randperm(n, generator=gen).to(dev)
         self.x = x[self.perm].contiguous()
-        sizes = [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+        size_t = default_capacity(n, parts)  # part sizes as equal as possible
+        sizes = size_t.tolist()
         caps, rest = [], capacity.clone()
         for size in sizes[:-1]:
             caps.append(default_capacity(size, k, dev))
@@ -202,7 +203,6 @@ class _RowSplit:
         if int(rest.min()) < 0:  # the caller's rows-per-cluster rule rules it out
             raise RuntimeError(f"_RowSplit: parts of {sizes} rows cannot share capacities {capacity.tolist()[:4]}...")
         self.capacity = torch.cat(caps + [rest])
-        size_t = torch.tensor(sizes, dtype=torch.int64)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(size_t, 0)]).to(dev)
         self.centroid_offsets = (torch.arange(parts + 1, dtype=torch.int64) * k).to(dev)
         # Label offset of each permuted row: part i's clusters are i*k .. i*k + k - 1.
