@@ -43,7 +43,7 @@ def resid_step(trie: Trie) -> Step:
 
 
 def torch_step(trie: Trie) -> Step:
-    co, ct, cn = trie.child_offsets, trie.child_tokens, trie.child_nodes
+    co, ct, cn = trie.child_offsets, trie.child_tokens, trie.child_nodes  # on the trie's device
 
     def step(lp, scores, nodes):
         B, W, _ = lp.shape
@@ -52,7 +52,7 @@ def torch_step(trie: Trie) -> Step:
         beg = co[n]
         deg = torch.where(live, co[n + 1] - beg, torch.zeros_like(beg))
         maxdeg = max(int(deg.max()), 1)
-        j = torch.arange(maxdeg)
+        j = torch.arange(maxdeg, device=lp.device)
         valid = j < deg[..., None]                                   # [B, W, maxdeg]
         e = (beg[..., None] + j).clamp(max=len(ct) - 1)
         code = torch.where(valid, ct[e], torch.zeros_like(e))
@@ -99,19 +99,20 @@ def hf_step(sids: torch.Tensor) -> Callable[..., Step]:
 
 
 def run_search(step: Step, lps: list[torch.Tensor], B: int, W: int):
-    scores, nodes = beam_start(B, W)
+    device = lps[0].device
+    scores, nodes = beam_start(B, W, device)
     parents_all, codes_all = [], []
     for lp in lps:
         scores, nodes, parents, codes = step(lp, scores, nodes)
         parents_all.append(parents)
         codes_all.append(codes)
     # Reconstruct each final beam's SID by following parents back (same for every tool).
-    sid = torch.full((B, W, len(lps)), -1, dtype=torch.int64)
-    slot = torch.arange(W).expand(B, W)
+    sid = torch.full((B, W, len(lps)), -1, dtype=torch.int64, device=device)
+    slot = torch.arange(W, device=device).expand(B, W)
     for level in reversed(range(len(lps))):
         sid[..., level] = codes_all[level].gather(1, slot.clamp(min=0))
         slot = parents_all[level].gather(1, slot.clamp(min=0))
-    return scores, sid
+    return scores.cpu(), sid.cpu()  # the copy waits for the device: timings include all its work
 
 
 def main() -> None:
@@ -123,7 +124,11 @@ def main() -> None:
     ap.add_argument("--codes", type=int, default=256)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: also time resid's CUDA step and the vectorised torch step on the GPU")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device")
     W, L, V = args.beam, args.levels, args.codes
     for n in args.items:
         sids = random_sids(n, L, V, args.seed)
@@ -133,17 +138,23 @@ def main() -> None:
         print(f"trie: {n} items, {trie.num_nodes} nodes, built in {build:.2f}s", file=sys.stderr)
         sid_to_item = {tuple(r): i for i, r in enumerate(sids.tolist())}
         hf_make = hf_step(sids)
+        tools = [("resid-cpu", lambda: resid_step(trie), "cpu"), ("torch-vectorized", lambda: torch_step(trie), "cpu"),
+                 ("hf-prefix-fn", hf_make, "cpu")]
+        if args.device == "cuda":
+            trie_gpu = trie.to("cuda")
+            tools += [("resid-cuda", lambda: resid_step(trie_gpu), "cuda"),
+                      ("torch-vectorized-cuda", lambda: torch_step(trie_gpu), "cuda")]
         for B in args.batch:
             g = torch.Generator().manual_seed(args.seed + B)
             lps = [torch.randn(B, W, V, generator=g).log_softmax(-1) for _ in range(L)]
             ref = None
-            for tool, make in (("resid-cpu", lambda: resid_step(trie)), ("torch-vectorized", lambda: torch_step(trie)),
-                               ("hf-prefix-fn", hf_make)):
+            for tool, make, dev in tools:
                 print(f"  {tool} items={n} batch={B}", file=sys.stderr)
-                run_search(make(), lps, B, W)  # warm-up
+                lps_dev = [lp.to(dev) for lp in lps]
+                run_search(make(), lps_dev, B, W)  # warm-up
                 t0, c0 = time.perf_counter(), time.process_time()
                 for _ in range(args.iters):
-                    scores, sid = run_search(make(), lps, B, W)
+                    scores, sid = run_search(make(), lps_dev, B, W)
                 sec = (time.perf_counter() - t0) / args.iters
                 cpu = (time.process_time() - c0) / args.iters  # all threads' CPU time: robust to other jobs
                 items = torch.tensor([[sid_to_item.get(tuple(s), -1) for s in row] for row in sid.tolist()])

@@ -103,7 +103,7 @@ def run_resid(rec: Recommender, hist: np.ndarray, batch: int, beam: int) -> tupl
 
 
 def run_hf(hf: Any, model: Generator, sids: np.ndarray, sid_tok: torch.Tensor, hist: np.ndarray, batch: int,
-           beam: int) -> tuple[np.ndarray, np.ndarray, float]:
+           beam: int, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, float]:
     L = sids.shape[1]
     allowed: dict[tuple[int, ...], list[int]] = {}
     tok = sid_tok.numpy()
@@ -128,12 +128,13 @@ def run_hf(hf: Any, model: Generator, sids: np.ndarray, sid_tok: torch.Tensor, h
         for s in range(0, len(hist), batch):
             h = torch.as_tensor(hist[s : s + batch])
             enc, mask = model.vocab.encoder_input(sid_tok, h)
+            enc, mask = enc.to(device), mask.to(device)
             out = hf.generate(input_ids=enc, attention_mask=mask.long(), num_beams=beam, num_return_sequences=beam,
                               max_new_tokens=L, length_penalty=0.0, do_sample=False, early_stopping=True,
                               prefix_allowed_tokens_fn=prefix_fn, decoder_start_token_id=BOS, pad_token_id=PAD,
                               eos_token_id=EOS, output_scores=True, return_dict_in_generate=True)
             seqs = out.sequences[:, 1 : L + 1].reshape(len(h), beam, L).tolist()
-            sc = out.sequences_scores.reshape(len(h), beam).float().numpy()
+            sc = out.sequences_scores.reshape(len(h), beam).float().cpu().numpy()
             for u in range(len(h)):
                 items[s + u] = [leaf.get(tuple(q), -1) for q in seqs[u]]
                 scores[s + u] = sc[u]
@@ -150,17 +151,21 @@ def main() -> None:
     ap.add_argument("--hf-users", type=int, default=0, help="users decoded by HF per config (default: one batch)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="run both tools on this device (cuda: resid's CUDA trie step, HF generate on the GPU)")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = GeneratorConfig()  # paper size: 4+4 layers, d 128, FFN 512, 4 heads x 32, 3 x 256 codes
     model = Generator(cfg).eval()
-    hf = to_hf(model)
+    hf = to_hf(model).to(args.device)
     rng = np.random.default_rng(args.seed)
     for n in [int(x) for x in args.items.split(",")]:
         sids = random_sids(n, cfg.num_levels, 256, args.seed)
         t = time.perf_counter()
-        rec = Recommender(model, sids, beam=args.beam)
+        rec = Recommender(model, sids, beam=args.beam, device=args.device)
         log(f"{n} items: trie built in {time.perf_counter() - t:.2f}s")
         for batch in [int(x) for x in args.batches.split(",")]:
             users = max(args.users, batch)
@@ -169,16 +174,19 @@ def main() -> None:
             r_items, r_scores, r_sec, outside = run_resid(rec, hist, batch, args.beam)
             hf_users = args.hf_users or batch
             log(f"items={n} batch={batch}: hf generate on {hf_users} users")
-            h_items, h_scores, h_sec = run_hf(hf, model, sids, rec.sid_tokens.cpu(), hist[:hf_users], batch, args.beam)
+            h_items, h_scores, h_sec = run_hf(hf, model, sids, rec.sid_tokens.cpu(), hist[:hf_users], batch,
+                                              args.beam, args.device)
             m = hf_users
             same_k = float((r_items[:m, : args.k] == h_items[:, : args.k]).all(1).mean())
             same_w = float((r_items[:m] == h_items).all(1).mean())
             diff = float(np.abs(r_scores[:m] - h_scores).max())
             common = {"bench": "decode", "items": n, "batch": batch, "beam": args.beam, "levels": cfg.num_levels,
-                      "codes": 256, "history": cfg.max_history, "threads": args.threads,
+                      "codes": 256, "history": cfg.max_history, "threads": args.threads, "device": args.device,
                       f"same_top{args.k}": same_k, f"same_top{args.beam}": same_w, "max_score_diff": diff}
-            print(json.dumps({**common, "tool": "resid-cpu", "users": users, "seconds": round(r_sec, 3),
-                              "users_per_s": round(users / r_sec, 1), "outside_forward": round(outside, 4)}), flush=True)
+            # outside_forward: host timers around asynchronous GPU calls mean nothing, so CPU only.
+            extra = {"outside_forward": round(outside, 4)} if args.device == "cpu" else {}
+            print(json.dumps({**common, "tool": f"resid-{args.device}", "users": users, "seconds": round(r_sec, 3),
+                              "users_per_s": round(users / r_sec, 1), **extra}), flush=True)
             print(json.dumps({**common, "tool": "hf-generate", "users": m, "seconds": round(h_sec, 3),
                               "users_per_s": round(m / h_sec, 1)}), flush=True)
 

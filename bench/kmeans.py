@@ -67,6 +67,39 @@ def run_resid(x: torch.Tensor, k: int, iters: int) -> tuple[float, dict]:
     return time.perf_counter() - t, stats(x, c, labels, k)
 
 
+def run_resid_cuda(x: torch.Tensor, k: int, iters: int) -> tuple[float, dict]:
+    """balanced_kmeans on the GPU; the host-to-device copy of x is outside the timing."""
+    xc = x.cuda()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    c, labels = balanced_kmeans(xc, k, iters=iters, seed=0)
+    torch.cuda.synchronize()
+    return time.perf_counter() - t, stats(x, c.cpu(), labels.cpu(), k)
+
+
+def run_torch_lloyd_cuda(x: torch.Tensor, k: int, iters: int) -> tuple[float, dict]:
+    """Plain (unbalanced) Lloyd k-means in torch on the GPU, the same iterations, seeded from
+    k random rows: the GPU reference for what one k-means iteration costs (no faiss-gpu here)."""
+    xc = x.cuda()
+    g = torch.Generator().manual_seed(0)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    c = xc[torch.randperm(xc.shape[0], generator=g)[:k].cuda()].clone()
+    xn = (xc * xc).sum(1)
+    for it in range(iters + 1):
+        labels = torch.empty(xc.shape[0], dtype=torch.int64, device=xc.device)
+        for s in range(0, xc.shape[0], 1 << 18):  # [256k, K] distance tiles
+            xs = xc[s : s + (1 << 18)]
+            labels[s : s + xs.shape[0]] = (xn[s : s + xs.shape[0], None] - 2 * xs @ c.T + (c * c).sum(1)).argmin(1)
+        if it == iters:
+            break
+        sums = torch.zeros_like(c).index_add_(0, labels, xc)
+        cnt = torch.bincount(labels, minlength=k).to(c.dtype)
+        c = torch.where(cnt[:, None] > 0, sums / cnt.clamp(min=1)[:, None], c)
+    torch.cuda.synchronize()
+    return time.perf_counter() - t, stats(x, c.cpu(), labels.cpu(), k)
+
+
 def run_faiss(x: torch.Tensor, k: int, iters: int) -> tuple[float, dict]:
     import faiss
 
@@ -97,6 +130,8 @@ def main() -> None:
     ap.add_argument("--only", type=int, default=None, help="run only this index of the full grid")
     ap.add_argument("--config", action="append", default=[], metavar="N,D,K,ITERS",
                     help="run resid vs faiss on this config instead of the grid (repeatable)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: add resid on the GPU and a plain torch Lloyd on the GPU (unbalanced) to every config")
     args = ap.parse_args()
     if args.quick:
         grid = [(20000, 64, 64, 10, ("resid", "faiss")), (2000, 32, 16, 10, ("resid", "k-means-constrained"))]
@@ -116,7 +151,12 @@ def main() -> None:
             except ValueError:
                 ap.error(f"--config: expected N,D,K,ITERS integers, got {spec!r}")
             grid.append((n, d, k, iters, ("resid", "faiss")))
-    runners = {"resid": run_resid, "faiss": run_faiss, "k-means-constrained": run_constrained}
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: torch sees no CUDA device")
+        grid = [(n, d, k, iters, (*tools, "resid-cuda", "torch-lloyd-cuda")) for n, d, k, iters, tools in grid]
+    runners = {"resid": run_resid, "faiss": run_faiss, "k-means-constrained": run_constrained,
+               "resid-cuda": run_resid_cuda, "torch-lloyd-cuda": run_torch_lloyd_cuda}
     threads = torch.get_num_threads()
     for n, d, k, iters, tools in grid:
         x = skewed_mixture(n, d, 4 * k, seed=0)

@@ -89,6 +89,23 @@ DEFAULT_CANDIDATES = 32
 _TILE_FLOATS = 1 << 22
 
 
+#: CUDA solves with fewer segments than this run their auction on the host. The GPU kernel
+#: solves each segment on one GPU thread, far slower than a CPU core at one segment's
+#: sequential auction, so it only wins with many segments to run side by side. Measured on an
+#: H100 beside 16 host cores (bench/auction_device.py, 262k x 64): 64 segments of 64 clusters,
+#: host 2.3x faster; 256 x 16, 1024 x 8, 4096 x 4, kernel 1.8-1.9x faster. One 100k x 128 K=256
+#: balanced_kmeans: 95 s with the kernel, 4.3 s with the host auction. The candidate lists
+#: (the GEMMs) are computed on the GPU either way.
+GPU_AUCTION_MIN_SEGMENTS = 128
+
+
+def auction_device(device: torch.device, segments: int) -> torch.device:
+    """Where a solve of ``segments`` segments on ``device`` runs its auction."""
+    if device.type == "cuda" and segments < GPU_AUCTION_MIN_SEGMENTS:
+        return torch.device("cpu")
+    return device
+
+
 class SolveWorkspace:
     """Buffers shared by the solves of one Lloyd run (one x, one segment layout).
 
@@ -105,6 +122,8 @@ class SolveWorkspace:
         self.row_norm: torch.Tensor | None = None
         # (key, state) of what depends on the segments and capacities only (_solve_body).
         self.layout: tuple[tuple, dict] | None = None
+        # (x on the GPU, its host copy) when the auction runs on the host (auction_device).
+        self.host_x: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def buffer(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A 1-D tensor of ``numel`` elements, uninitialised (the previous solve's contents)."""
@@ -530,7 +549,12 @@ def _solve_body(
         price0 = prices.to(device=device, dtype=torch.float32).clamp(min=0).contiguous()
     cand_idx = ws.buffer("cand_idx", n * mm, torch.int32, device).view(n, mm).fill_(-1)
     cand_dist = ws.buffer("cand_dist", n * mm, torch.float32, device).view(n, mm).zero_()
-    lay = _layout(ws, capacity, seg_n, seg_k, ol, mm, d, device)
+    # The auction's device: the GPU kernel runs one segment per GPU thread, so with few
+    # segments the candidates stay on the GPU and the auction runs on the host (auction_device).
+    adev = auction_device(device, S)
+    if adev != device:
+        capacity = _to_host(ws, "capacity", capacity)
+    lay = _layout(ws, capacity, seg_n, seg_k, ol, mm, d, adev)
     cache_offsets, cache_rows, cao = lay["cache_offsets"], lay["cache_rows"], lay["cao"]
     dist_cache = ws.buffer("dist_cache", max(cao[-1], 1), torch.float32, device)
     cache_slot, heap_offsets, h = lay["cache_slot"], lay["heap_offsets"], lay["h"]
@@ -571,30 +595,39 @@ def _solve_body(
             # -> ~150 ms on 2 idle cores, 212 -> 195 ms with one core busy).
             for s in range(S):
                 segment_candidates(s, workers)
-    heap_bid = ws.buffer("heap_bid", max(h, 1), torch.float32, device)
-    heap_pt = ws.buffer("heap_pt", max(h, 1), torch.int32, device)
-    count = torch.zeros(max(k, 1), dtype=torch.int64, device=device)
+    if adev != device:  # the kernel's inputs to the host (x once per workspace)
+        offsets, centroid_offsets = offsets.to(adev), centroid_offsets.to(adev)
+        cand_idx, cand_dist = _to_host(ws, "cand_idx", cand_idx), _to_host(ws, "cand_dist", cand_dist)
+        dist_cache, row_norm = _to_host(ws, "dist_cache", dist_cache), row_norm.to(adev)
+        price0, c32 = price0.to(adev), c32.to(adev)
+        if ws.host_x is None or ws.host_x[0] is not x32:
+            ws.host_x = (x32, x32.to(adev))
+        x32 = ws.host_x[1]
+    heap_bid = ws.buffer("heap_bid", max(h, 1), torch.float32, adev)
+    heap_pt = ws.buffer("heap_pt", max(h, 1), torch.int32, adev)
+    count = torch.zeros(max(k, 1), dtype=torch.int64, device=adev)
     price = price0.clone()
-    dropped = torch.zeros(max(k, 1), dtype=torch.uint8, device=device)
-    stack = ws.buffer("stack", max(n, 1), torch.int32, device)
-    exact = ws.buffer("exact", max(n, 1), torch.uint8, device)
-    bound = ws.buffer("bound", max(n, 1), torch.float32, device)
+    dropped = torch.zeros(max(k, 1), dtype=torch.uint8, device=adev)
+    stack = ws.buffer("stack", max(n, 1), torch.int32, adev)
+    exact = ws.buffer("exact", max(n, 1), torch.uint8, adev)
+    bound = ws.buffer("bound", max(n, 1), torch.float32, adev)
     warm = init_labels is not None
     # Warm: the kernel reads the initial labels from its output array (assign.h).
-    labels = init_labels.to(device=device, dtype=torch.int64).clone() if warm else torch.empty(n, dtype=torch.int64, device=device)
+    labels = init_labels.to(device=adev, dtype=torch.int64).clone() if warm else torch.empty(n, dtype=torch.int64, device=adev)
     cur_price = torch.empty_like(price)  # kernel workspace: live cluster prices
     sel_val = torch.empty_like(price)  # kernel workspaces: list-refresh selection
-    sel_idx = torch.empty(max(k, 1), dtype=torch.int32, device=device)
-    args = (
-        S, d, mm, int(warm), float(eps_div), offsets.data_ptr(), centroid_offsets.data_ptr(), cand_idx.data_ptr(),
-        cand_dist.data_ptr(), price0.data_ptr(), capacity.data_ptr(), x32.data_ptr(), c32.data_ptr(),
-        heap_offsets.data_ptr(), heap_bid.data_ptr(), heap_pt.data_ptr(), count.data_ptr(),
-        price.data_ptr(), dropped.data_ptr(), stack.data_ptr(), exact.data_ptr(),
-        bound.data_ptr(), labels.data_ptr(), cache_offsets.data_ptr(), dist_cache.data_ptr(),
-        cache_slot.data_ptr(), cur_price.data_ptr(), row_norm.data_ptr(), sel_val.data_ptr(), sel_idx.data_ptr(),
+    sel_idx = torch.empty(max(k, 1), dtype=torch.int32, device=adev)
+    tensors = (
+        offsets, centroid_offsets, cand_idx, cand_dist, price0, capacity, x32, c32, heap_offsets, heap_bid, heap_pt,
+        count, price, dropped, stack, exact, bound, labels, cache_offsets, dist_cache, cache_slot, cur_price,
+        row_norm, sel_val, sel_idx,
     )
-    if device.type == "cuda":
-        _C.balanced_assign_cuda(*args, cuda_stream(device))
+    wrong = [i for i, t in enumerate(tensors) if t.device != adev]
+    if wrong:  # the kernel takes raw pointers: a tensor on the other device would crash it
+        raise RuntimeError(f"balanced assignment: internal error, kernel arguments {wrong} are not on {adev}")
+    args = (S, d, mm, int(warm), float(eps_div), *(t.data_ptr() for t in tensors))
+    if adev.type == "cuda":
+        _C.balanced_assign_cuda(*args, cuda_stream(adev))
     else:
         # Segments in parallel on the caller's threads: torch_threads(1) above (small torch
         # ops) also lowered OpenMP's default, which had run GAOQ level 2's 256 independent
@@ -602,4 +635,9 @@ def _solve_body(
         _C.balanced_assign_cpu(*args, caller_threads())
     if stats is not None:
         stats["refreshed_points"] = int(exact[:n].sum())
-    return labels, price[:k]
+    return labels.to(device), price[:k].to(device)
+
+
+def _to_host(ws: SolveWorkspace, name: str, t: torch.Tensor) -> torch.Tensor:
+    """A host copy of ``t`` in the workspace's buffer ``host_<name>``."""
+    return ws.buffer("host_" + name, t.numel(), t.dtype, torch.device("cpu")).view(t.shape).copy_(t)

@@ -10,11 +10,22 @@ import pytest
 import torch
 
 import resid_ext
-from resid.kmeans import balanced_kmeans
+import resid_ext.balanced as B
+from resid.kmeans import balanced_kmeans, balanced_kmeans_segmented
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and resid_ext.has_cuda()), reason="needs a CUDA GPU and a CUDA build"
 )
+
+
+@pytest.fixture(params=["gpu-kernel", "host-auction"], autouse=True)
+def auction(request, monkeypatch):
+    """Every test runs twice: the auction in the CUDA kernel, and on the host beside GPU
+    candidates (what CUDA solves with few segments do, B.GPU_AUCTION_MIN_SEGMENTS)."""
+    monkeypatch.setattr(B, "GPU_AUCTION_MIN_SEGMENTS", 0 if request.param == "gpu-kernel" else 1 << 62)
+    want = "cuda" if request.param == "gpu-kernel" else "cpu"
+    assert B.auction_device(torch.device("cuda"), 1).type == want
+    return request.param
 
 
 def _cost(x: torch.Tensor, c: torch.Tensor, labels: torch.Tensor) -> float:
@@ -64,3 +75,27 @@ def test_kmeans_cuda_deterministic_and_balanced():
     b = balanced_kmeans(x, 32, iters=3, seed=0)
     assert torch.equal(a.labels, b.labels) and torch.equal(a.centroids, b.centroids)
     assert torch.equal(torch.bincount(a.labels.cpu(), minlength=32), resid_ext.default_capacity(4000, 32))
+
+
+def test_kmeans_cuda_cost_matches_cpu():
+    """Whole Lloyd runs: CPU and CUDA may part on a near-tie, but end at the same quality."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6000, 24, generator=g)
+    cpu = balanced_kmeans(x, 48, iters=6, seed=0)
+    gpu = balanced_kmeans(x.cuda(), 48, iters=6, seed=0)
+    assert torch.equal(torch.bincount(gpu.labels.cpu(), minlength=48), resid_ext.default_capacity(6000, 48))
+    a, b = _cost(x, cpu.centroids, cpu.labels), _cost(x, gpu.centroids, gpu.labels)
+    assert abs(a - b) <= 0.01 * a, (a, b)
+
+
+def test_segmented_kmeans_cuda_cost_matches_cpu():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5000, 16, generator=g)
+    off = torch.tensor([0, 1000, 1000, 3500, 5000])
+    cpu = balanced_kmeans_segmented(x, off, 16, iters=4, seed=0)
+    gpu = balanced_kmeans_segmented(x.cuda(), off.cuda(), 16, iters=4, seed=0)
+    assert torch.equal(gpu.centroid_offsets.cpu(), cpu.centroid_offsets)
+    assert torch.equal(torch.bincount(gpu.labels.cpu(), minlength=int(cpu.centroid_offsets[-1])),
+                       torch.bincount(cpu.labels, minlength=int(cpu.centroid_offsets[-1])))
+    a, b = _cost(x, cpu.centroids, cpu.labels), _cost(x, gpu.centroids, gpu.labels)
+    assert abs(a - b) <= 0.01 * a, (a, b)
