@@ -33,11 +33,12 @@ stage() {  # stage NAME SECONDS CMD...: run CMD with a time limit, log to $OUT/N
 for s in "$@"; do
     case "$s" in
     build)
-        # The lent machines put a partial toolchain (/opt/gcc/bin: its own g++, cc1, as) first
-        # on PATH; a module it builds crashes (SIGSEGV) whenever C++ raises an error, e.g. the
-        # Trie's duplicate-row ValueError. The distribution's g++ builds a working one.
-        if [ -z "${CXX:-}" ] && [ -x /usr/bin/g++ ]; then export CXX=/usr/bin/g++; fi
-        if [ -n "${CXX:-}" ] && [ -z "${CUDAHOSTCXX:-}" ]; then export CUDAHOSTCXX="$CXX"; fi
+        # The lent machines' image sets CXX=/opt/gcc/bin/g++ (a partial toolchain: its own g++,
+        # cc1, as) and puts it first on PATH; a module it builds crashes (SIGSEGV) whenever C++
+        # raises an error, e.g. the Trie's duplicate-row ValueError. The distribution's g++
+        # builds a working one (session 6), so it replaces an unset or /opt/gcc compiler.
+        case "${CXX:-}" in "" | /opt/gcc/*) [ -x /usr/bin/g++ ] && export CXX=/usr/bin/g++ ;; esac
+        case "${CUDAHOSTCXX:-}" in "" | /opt/gcc/*) [ -n "${CXX:-}" ] && export CUDAHOSTCXX="$CXX" ;; esac
         echo "CXX=${CXX:-default} CUDAHOSTCXX=${CUDAHOSTCXX:-default}"
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
         "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
