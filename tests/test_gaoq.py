@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resid.anchors import make_anchors, max_coherence, welch_bound
+from resid.anchors import make_anchors, max_coherence, pca_anchors, welch_bound
 from resid.gaoq import GAOQ, auto_branching, fingerprint
+from resid.io import duplicate_rows
 
 # Inputs here are tiny: torch's thread pool only adds overhead (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -258,3 +259,27 @@ def test_pca_anchor_basis_aligns_and_falls_back_where_rank_is_short():
     assert wide.fit_info["anchor_basis"] == ["pca", "random"]
     with pytest.raises(ValueError, match="anchor_basis must be"):
         GAOQ(branching=(3,), anchor_basis="svd")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_duplicate_rows_counts_like_a_row_wise_unique(seed):
+    rng = np.random.default_rng(seed)
+    n, levels = int(rng.integers(1, 400)), int(rng.integers(1, 5))
+    codes = rng.integers(-3, 6, size=(n, levels))  # small ranges: many repeats, negatives too
+    assert duplicate_rows(codes) == n - len(np.unique(codes, axis=0))
+    wide = rng.integers(0, 2**40, size=(n, 3))  # key space past 2^62: the row-wise fallback
+    wide[n // 2:] = wide[: n - n // 2]
+    assert duplicate_rows(wide) == n - len(np.unique(wide, axis=0))
+    assert duplicate_rows(np.unique(codes, axis=0)) == 0
+
+
+def test_pca_anchor_basis_reads_the_last_level_offsets():
+    """The last level hands its offsets to the pca basis lazily; the basis must still see them."""
+    z = np.random.default_rng(5).standard_normal((600, 64)).astype(np.float32)  # last level ~40 <= d
+    q = GAOQ(branching=(4, 4), iters=3, seed=0, anchor_basis="pca", progress=False)
+    codes = q.fit(z)
+    assert q.fit_info["anchor_basis"][-1] == "pca"
+    assert len(np.unique(codes, axis=0)) == len(z)
+    t = q.tree
+    offsets = z - t.centroids[-1][t.leaf]  # every item's offset from its leaf centroid
+    np.testing.assert_allclose(t.anchors[-1], pca_anchors(offsets, t.last_size), atol=1e-4)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from resid import distributed as D
+from resid.io import duplicate_rows
 from resid.gaoq import (
     GAOQ, GAOQConfig, _kmeans_root, _match, _Tree, auto_branching, check_branching, fingerprint,
     validate_embeddings,
@@ -237,6 +238,6 @@ def _fit_last(tree: _Tree, z: Any, leaf: np.ndarray, seed: int, anchor_steps: in
     last_all = _gather_labels(last, rows, n)
     tree.codes = np.concatenate([GAOQ._prefix_codes(tree, leaf), last_all[:, None]], axis=1)
     tree.leaf = leaf.astype(np.int64)
-    dup = len(tree.codes) - len(np.unique(tree.codes, axis=0))
+    dup = duplicate_rows(tree.codes)
     if dup:
         raise RuntimeError(f"fit_sharded: internal error, {dup} duplicate SIDs")
