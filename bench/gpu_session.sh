@@ -40,6 +40,13 @@ for s in "$@"; do
         case "${CXX:-}" in "" | /opt/gcc/*) [ -x /usr/bin/g++ ] && export CXX=/usr/bin/g++ ;; esac
         case "${CUDAHOSTCXX:-}" in "" | /opt/gcc/*) [ -n "${CXX:-}" ] && export CUDAHOSTCXX="$CXX" ;; esac
         echo "CXX=${CXX:-default} CUDAHOSTCXX=${CUDAHOSTCXX:-default}"
+        # CMake keeps the compiler an existing build folder was configured with: start that
+        # folder afresh when it was another one (a warm machine keeps ignored build outputs).
+        for cache in build/temp.*/cmake-*/CMakeCache.txt; do
+            if [ -f "$cache" ] && ! grep -qx "CMAKE_CXX_COMPILER:[A-Z]*=${CXX:-}" "$cache"; then
+                rm -rf "$(dirname "$cache")"
+            fi
+        done
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
         "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
         stage build 600 env RESID_CUDA=1 RESID_WERROR=1 RESID_CUDA_ARCHS="${RESID_CUDA_ARCHS:-90}" \
