@@ -284,9 +284,9 @@ class GAOQ:
         if self.align:
             cent = tree.centroids[-1]
             # Each leaf's offsets from its centroid are formed in the loop: one [N, d] gather
-            # and subtraction up front took 1.2 s, plus ~2 s of page faults on its fresh
-            # memory, at 1M x 128 (the last level 5.8 -> 3.3 s with duplicate_rows, same SIDs). Only the pca basis
-            # reads them all at once.
+            # and subtraction up front took 1.2 s, plus page faults on its fresh memory, at
+            # 1M x 128 (the last level, with duplicate_rows: 6.0-6.3 -> 3.8-4.0 s replayed,
+            # same SIDs). Only the pca basis reads them all at once.
             anchors = self._make_anchors(m, (n, d), lambda: z[order] - cent[leaf[order]], seed, info)
             tree.anchors.append(anchors)
             info["anchors"].append(m)
