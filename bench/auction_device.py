@@ -44,8 +44,7 @@ def main() -> None:
     for n, S, k, d in grid:
         g = torch.Generator().manual_seed(n + S)
         x = torch.randn(n, d, generator=g).cuda()
-        sizes = torch.full((S,), n // S, dtype=torch.int64)
-        sizes[: n % S] += 1
+        sizes = resid_ext.default_capacity(n, S)  # segment sizes as equal as possible
         off = torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)]).cuda()
         coff = torch.arange(S + 1, dtype=torch.int64).cuda() * k
         c = torch.randn(S * k, d, generator=g).cuda()
