@@ -108,6 +108,28 @@ def test_workspace_reuse_gives_the_fresh_result(segments):
     assert ws.layout is not None and ws.row_norm is not None
 
 
+def test_workspace_host_copy_is_made_once_per_unmodified_tensor():
+    # CUDA solves with few segments run their auction on the host (auction_device): x and the
+    # capacities are copied there once per Lloyd run, and a copy that kept its version keeps
+    # the layout cached (copying into a buffer each solve bumped the version: _layout ran on
+    # every solve). Exercised here with CPU tensors, which take the same path.
+    from resid_ext.balanced import SolveWorkspace, _layout
+
+    ws = SolveWorkspace()
+    cap = default_capacity(100, 4)
+    first = ws.host_copy("capacity", cap)
+    assert torch.equal(first, cap) and first.data_ptr() != cap.data_ptr()
+    assert ws.host_copy("capacity", cap) is first  # same tensor, unmodified: no new copy
+    seg_n, seg_k = torch.tensor([100]), torch.tensor([4])
+    lay = _layout(ws, first, seg_n, seg_k, [0, 100], 4, 8, torch.device("cpu"))
+    assert _layout(ws, ws.host_copy("capacity", cap), seg_n, seg_k, [0, 100], 4, 8, torch.device("cpu")) is lay
+    cap[0] += 1  # modified in place: copied again, with the new values
+    again = ws.host_copy("capacity", cap)
+    assert again is not first and torch.equal(again, cap)
+    other = default_capacity(100, 4)
+    assert ws.host_copy("capacity", other) is not again  # another tensor: copied
+
+
 @pytest.mark.parametrize("n,k,d", [(512, 8, 16), (512, 64, 8), (400, 40, 32), (480, 24, 8)])
 def test_warm_start_stays_near_optimal(n, k, d):
     # Lloyd's warm path (resid.kmeans.lloyd): labels and prices of a solve against moved
