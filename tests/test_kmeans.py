@@ -220,3 +220,7 @@ def test_balanced_kmeans_splits_its_rough_solves_when_parts_are_large(monkeypatc
     calls.clear()
     balanced_kmeans(x, 64, iters=6, seed=0)  # 80 rows per cluster per part: no split
     assert calls == []
+    monkeypatch.setattr(rk, "SPLIT_MAX_FLOATS", x.numel() - 1)  # x too large to copy: no split
+    c = balanced_kmeans(x, 2, iters=6, seed=0)
+    assert calls == []
+    assert torch.equal(torch.bincount(c.labels, minlength=2), default_capacity(10240, 2))

@@ -55,9 +55,13 @@ WARMUP_SAMPLE_PER_CLUSTER = 32
 #: balanced_kmeans solves its all-rows rough Lloyd steps, all but the last one, as
 #: SPLIT_PARTS independent problems on a seeded random partition of the rows (``_RowSplit``)
 #: when every part holds at least SPLIT_MIN_ROWS_PER_CLUSTER rows per cluster. The parts'
-#: auctions run in parallel (one problem's auction is sequential).
+#: auctions run in parallel (one problem's auction is sequential). The split holds a permuted
+#: copy of x and its own solve buffers, so it is skipped when x exceeds SPLIT_MAX_FLOATS
+#: (4 GiB of float32): at 10M x 128, K = 1024 the copy would take the run past 24 GB. A size
+#: rule, not a free-memory test, so the labels do not depend on the machine's load.
 SPLIT_PARTS = 2
 SPLIT_MIN_ROWS_PER_CLUSTER = 128
+SPLIT_MAX_FLOATS = 1 << 30
 
 
 class BalancedKMeans(NamedTuple):
@@ -285,7 +289,7 @@ def _kmeans_body(fn: str, x: torch.Tensor, k: int, iters: int, seed: int) -> Bal
         prices = None
     cap = default_capacity(n, k, dev)
     offsets = torch.tensor([0, n], dtype=torch.int64, device=dev)
-    split = n >= SPLIT_PARTS * SPLIT_MIN_ROWS_PER_CLUSTER * k
+    split = n >= SPLIT_PARTS * SPLIT_MIN_ROWS_PER_CLUSTER * k and n * x32.shape[1] <= SPLIT_MAX_FLOATS
     # Passed, not held here: lloyd drops it (its copy of x and its buffers) when done with it.
     centroids, labels, _ = lloyd(fn, x32, offsets, centroids, c_off, cap, iters - warmup, prices=prices,
                                  early_stop=True, split=_RowSplit(x32, cap, k, SPLIT_PARTS, gen) if split else None)
