@@ -7,6 +7,10 @@ squared distance (``cost``) and ``max_over_mean`` (largest cluster / N/K).
 
     python bench/kmeans.py            # full grid (slow: run once)
     python bench/kmeans.py --quick    # small smoke grid
+    python bench/kmeans.py --embeddings runs/quick/famae/embeddings --k 17 --k 64
+                                      # real item embeddings (an embedding folder written by
+                                      # `resid famae`, `resid run` or `resid embed-text`):
+                                      # resid, faiss and k-means-constrained on the same rows
 faiss is run with max_points_per_centroid = N so it trains on all N points, like resid.
 Every tool is timed alike: a run is repeated until the runs add up to MIN_TOTAL_SECONDS (at
 most MAX_RUNS runs) and ``seconds`` is their median (``runs`` says how many). A single run of
@@ -130,6 +134,11 @@ def main() -> None:
     ap.add_argument("--only", type=int, default=None, help="run only this index of the full grid")
     ap.add_argument("--config", action="append", default=[], metavar="N,D,K,ITERS",
                     help="run resid vs faiss on this config instead of the grid (repeatable)")
+    ap.add_argument("--embeddings", metavar="DIR", default=None,
+                    help="cluster the rows of this embedding folder (real data) instead of the synthetic grid")
+    ap.add_argument("--k", type=int, action="append", default=[],
+                    help="with --embeddings: cluster count (repeatable; default 64)")
+    ap.add_argument("--iters", type=int, default=20, help="with --embeddings: Lloyd iterations (default 20)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cuda: add resid on the GPU and a plain torch Lloyd on the GPU (unbalanced) to every config")
     args = ap.parse_args()
@@ -151,6 +160,23 @@ def main() -> None:
             except ValueError:
                 ap.error(f"--config: expected N,D,K,ITERS integers, got {spec!r}")
             grid.append((n, d, k, iters, ("resid", "faiss")))
+    data = {}  # (n, d) -> real rows; the grid's other configs use the synthetic mixture
+    if args.embeddings is not None:
+        if args.config or args.quick or args.only is not None:
+            ap.error("--embeddings replaces the grid: drop --config / --quick / --only")
+        from resid.io import load_embeddings
+
+        _, emb, meta = load_embeddings(args.embeddings, mmap=False)
+        real = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
+        n, d = real.shape
+        ks = args.k or [64]
+        bad = [k for k in ks if not 1 <= k <= n]
+        if bad:
+            ap.error(f"--k {bad}: must be between 1 and the {n} rows of {args.embeddings}")
+        data[(n, d)] = (real, f"{meta.get('source', 'embeddings')}:{meta.get('dataset', args.embeddings)}")
+        grid = [(n, d, k, args.iters, ("resid", "faiss", "k-means-constrained")) for k in ks]
+    elif args.k:
+        ap.error("--k needs --embeddings (the synthetic grid sets its own K)")
     if args.device == "cuda":
         if not torch.cuda.is_available():
             ap.error("--device cuda: torch sees no CUDA device")
@@ -159,7 +185,9 @@ def main() -> None:
                "resid-cuda": run_resid_cuda, "torch-lloyd-cuda": run_torch_lloyd_cuda}
     threads = torch.get_num_threads()
     for n, d, k, iters, tools in grid:
-        x = skewed_mixture(n, d, 4 * k, seed=0)
+        x, source = data.get((n, d), (None, "skewed-mixture"))
+        if x is None:
+            x = skewed_mixture(n, d, 4 * k, seed=0)
         base = None
         for tool in tools:
             progress(f"[bench kmeans] n={n} d={d} k={k} iters={iters} tool={tool}")
@@ -168,7 +196,7 @@ def main() -> None:
             except Exception as e:  # a peer failing is recorded, not fatal
                 sec, runs = float("nan"), 0
                 st = {"cost": float("nan"), "max_over_mean": float("nan"), "error": repr(e)}
-            rec = {"bench": "kmeans", "tool": tool, "n": n, "d": d, "k": k, "iters": iters,
+            rec = {"bench": "kmeans", "data": source, "tool": tool, "n": n, "d": d, "k": k, "iters": iters,
                    "threads": threads, "seconds": round(sec, 3), "runs": runs, **st}
             if base is None:
                 base = rec
